@@ -1,0 +1,84 @@
+"""Keras callbacks that turn each epoch into one record of metrics for the trackers."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import keras
+
+# Keras log key -> metric name used in MLflow, TensorBoard and the returned metrics.
+METRIC_NAMES = {
+    "loss": "train_loss",
+    "accuracy": "train_accuracy",
+    "val_loss": "val_loss",
+    "val_accuracy": "val_accuracy",
+}
+
+EpochSink = Callable[[int, dict[str, float]], None]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training diverged: the loss became NaN or infinite."""
+
+
+class EpochMetrics(keras.callbacks.Callback):
+    """After each epoch: loss and accuracy, epoch seconds and training images per second.
+
+    Calls every sink with (epoch, metrics), epoch counting from 1, then raises
+    NonFiniteLossError if the training loss is NaN or infinite. It reads the step counter
+    once per epoch and adds no per-batch work to the fit loop.
+    """
+
+    def __init__(self, num_train_examples: int, batch_size: int, sinks: list[EpochSink]):
+        super().__init__()
+        self.num_train_examples = num_train_examples
+        self.batch_size = batch_size
+        self.sinks = sinks
+        self.history: list[dict[str, float]] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+        self._train_end = None
+        self._start_step = self._steps()
+
+    def on_test_begin(self, logs=None):
+        if self._train_end is None:  # validation starts: training of this epoch is done
+            self._train_end = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        end = time.perf_counter()
+        train_seconds = (self._train_end or end) - self._start
+        steps = self._steps() - self._start_step
+        images = min(steps * self.batch_size, self.num_train_examples)
+        metrics = {name: float(logs[key]) for key, name in METRIC_NAMES.items() if key in logs}
+        metrics["epoch_seconds"] = end - self._start
+        metrics["images_per_second"] = images / train_seconds if train_seconds > 0 else 0.0
+        self.history.append(metrics)
+        for sink in self.sinks:
+            sink(epoch + 1, metrics)
+        if not math.isfinite(metrics["train_loss"]):
+            raise NonFiniteLossError(f"train_loss is {metrics['train_loss']} after epoch {epoch + 1}")
+
+    def _steps(self) -> int:
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+
+class StepBudget(keras.callbacks.Callback):
+    """Stops training after `max_steps` optimizer steps, mid-epoch if need be.
+
+    It counts from the batch index Keras passes, so it never waits for the device.
+    """
+
+    def __init__(self, max_steps: int, steps_per_epoch: int):
+        super().__init__()
+        self.max_steps = max_steps
+        self.steps_per_epoch = steps_per_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._epoch * self.steps_per_epoch + batch + 1 >= self.max_steps:
+            self.model.stop_training = True

@@ -1,0 +1,254 @@
+"""Config schemas, their registration in Hydra's ConfigStore, and value checks.
+
+The dataclasses are the single source of truth for which keys exist and what type each has.
+Every group option in `conf/` extends its schema (`defaults: [/schema/model/cnn@_here_]`),
+so a typo or a wrong type in a YAML file or a command-line override fails at compose time.
+`checked_config` applies the same schemas again to a config that did not come through
+composition (a replayed `config.yaml`, a hand-made `DictConfig`) and checks value ranges
+that types cannot express.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+class ConfigError(ValueError):
+    """Bad user input: a config key, a value or a data file. Its message is one line."""
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING  # mnist | fashion_mnist | digits
+    path: str | None = None  # local folder of IDX .gz files or a Keras-format .npz
+    validation_size: int = 5000  # carved from the training set with trainer.seed
+    max_train_samples: int | None = None  # keep only this many training examples
+
+
+# --- models ---------------------------------------------------------------------------------
+
+
+@dataclass
+class SoftmaxConfig:
+    name: str = "softmax"
+
+
+@dataclass
+class MlpConfig:
+    name: str = "mlp"
+    hidden1_units: int = 128
+    hidden2_units: int = 32
+    dropout_rate: float = 0.0
+
+
+@dataclass
+class CnnConfig:
+    name: str = "cnn"
+    filters1: int = 32
+    filters2: int = 64
+    kernel_size: int = 5
+    dense_units: int = 1024
+    dropout_rate: float = 0.5
+
+
+# --- optimizers -----------------------------------------------------------------------------
+
+
+@dataclass
+class SgdConfig:
+    name: str = "sgd"
+    learning_rate: float = 0.01
+    momentum: float = 0.0
+    nesterov: bool = False
+
+
+@dataclass
+class AdamConfig:
+    name: str = "adam"
+    learning_rate: float = 0.001
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    epsilon: float = 1e-7
+
+
+@dataclass
+class RmspropConfig:
+    name: str = "rmsprop"
+    learning_rate: float = 0.001
+    rho: float = 0.9
+    momentum: float = 0.0
+    epsilon: float = 1e-7
+
+
+# --- trainer and tracking -------------------------------------------------------------------
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 3
+    batch_size: int = 64
+    # When set, train exactly this many optimizer steps; the number of epochs follows from it.
+    max_steps: int | None = None
+    seed: int = 42
+    eval_batch_size: int = 1000
+    steps_per_execution: int = 1
+    jit_compile: Any = "auto"  # "auto", true or false, as keras.Model.compile takes it
+    verbose: int = 2  # Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch
+
+
+@dataclass
+class MlflowConfig:
+    tracking_uri: str = "sqlite:///${runs_dir}/mlflow.db"
+    experiment_name: str = "study"
+    # Where a new experiment keeps its artifacts; ignored when the experiment exists.
+    artifact_location: str = "${runs_dir}/mlartifacts"
+    run_name: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: Any = MISSING
+    optimizer: Any = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    runs_dir: str = "runs"
+
+
+# Group option name -> schema. `checked_config` picks the schema from the node's `name`.
+SCHEMAS: dict[str, dict[str, type]] = {
+    "data": {"mnist": DataConfig, "fashion_mnist": DataConfig, "digits": DataConfig},
+    "model": {"softmax": SoftmaxConfig, "mlp": MlpConfig, "cnn": CnnConfig},
+    "optimizer": {"sgd": SgdConfig, "adam": AdamConfig, "rmsprop": RmspropConfig},
+}
+
+
+def register_configs() -> None:
+    """Store the schemas where the YAML group options (and Hydra) can find them."""
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConfig)
+    for group in ("model", "optimizer"):
+        for option, schema in SCHEMAS[group].items():
+            store.store(group=f"schema/{group}", name=option, node=schema)
+
+
+register_configs()
+
+
+# --- checks ---------------------------------------------------------------------------------
+
+
+def checked_config(cfg: DictConfig) -> DictConfig:
+    """Return `cfg` typed by its schemas, resolved and read-only, or raise ConfigError."""
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        if not isinstance(plain, dict):
+            raise ConfigError(f"the config must be a mapping, got {type(plain).__name__}")
+        plain.pop("hydra", None)
+        typed = OmegaConf.merge(OmegaConf.structured(TrainConfig), _typed_groups(plain))
+        OmegaConf.resolve(typed)  # schema defaults may interpolate, e.g. ${runs_dir}
+        OmegaConf.to_container(typed, throw_on_missing=True)
+    except OmegaConfBaseException as error:
+        raise ConfigError(describe_omegaconf_error(error)) from None
+    _check_values(typed)
+    OmegaConf.set_readonly(typed, True)
+    return typed
+
+
+def _typed_groups(plain: dict) -> dict:
+    typed = dict(plain)
+    for group, options in SCHEMAS.items():
+        node = plain.get(group)
+        if not isinstance(node, dict):
+            raise ConfigError(f"{group}: expected a config group with a 'name', got {node!r}")
+        name = node.get("name")
+        if name not in options:
+            raise ConfigError(f"{group}.name: expected one of {sorted(options)}, got {name!r}")
+        try:
+            typed[group] = OmegaConf.merge(OmegaConf.structured(options[name]), node)
+        except OmegaConfBaseException as error:
+            # The group node is merged on its own, so its keys lack the group prefix.
+            raise ConfigError(f"{group}.{describe_omegaconf_error(error)}") from None
+    return typed
+
+
+def _check_values(cfg: DictConfig) -> None:
+    checks = [
+        ("optimizer.learning_rate", cfg.optimizer.learning_rate, lambda v: v > 0, "a number > 0"),
+        ("trainer.epochs", cfg.trainer.epochs, lambda v: v >= 1, "an integer >= 1"),
+        ("trainer.batch_size", cfg.trainer.batch_size, lambda v: v >= 1, "an integer >= 1"),
+        ("trainer.eval_batch_size", cfg.trainer.eval_batch_size, lambda v: v >= 1, "an integer >= 1"),
+        (
+            "trainer.steps_per_execution",
+            cfg.trainer.steps_per_execution,
+            lambda v: v >= 1,
+            "an integer >= 1",
+        ),
+        ("trainer.max_steps", cfg.trainer.max_steps, lambda v: v is None or v >= 1, "null or >= 1"),
+        ("trainer.verbose", cfg.trainer.verbose, lambda v: v in (0, 1, 2), "0, 1 or 2"),
+        (
+            "trainer.jit_compile",
+            cfg.trainer.jit_compile,
+            lambda v: v in ("auto", True, False),
+            "'auto', true or false",
+        ),
+        ("data.validation_size", cfg.data.validation_size, lambda v: v >= 1, "an integer >= 1"),
+        (
+            "data.max_train_samples",
+            cfg.data.max_train_samples,
+            lambda v: v is None or v >= 1,
+            "null or an integer >= 1",
+        ),
+    ]
+    if "dropout_rate" in cfg.model:
+        checks.append(
+            ("model.dropout_rate", cfg.model.dropout_rate, lambda v: 0 <= v < 1, "a number in [0, 1)")
+        )
+    for key in ("hidden1_units", "hidden2_units", "filters1", "filters2", "kernel_size", "dense_units"):
+        if key in cfg.model:
+            checks.append((f"model.{key}", cfg.model[key], lambda v: v >= 1, "an integer >= 1"))
+    if "momentum" in cfg.optimizer:
+        checks.append(("optimizer.momentum", cfg.optimizer.momentum, lambda v: v >= 0, "a number >= 0"))
+    for key, value, is_valid, expected in checks:
+        if not is_valid(value):
+            raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+
+
+def describe_omegaconf_error(error: OmegaConfBaseException) -> str:
+    """One line naming the key, from OmegaConf's multi-line message."""
+    message = (getattr(error, "msg", None) or str(error)).strip().splitlines()[0]
+    key = getattr(error, "full_key", None)
+    return f"{key}: {message}" if key else message
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for an error of user input raised by Hydra, OmegaConf or this package."""
+    cause = error.__cause__
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        return describe_omegaconf_error(cause)
+    if isinstance(error, OmegaConfBaseException):
+        return describe_omegaconf_error(error)
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if "Available options in" in str(error):
+        # Hydra lists a group's options one per line; keep them, drop the search path dump.
+        start = next(i for i, line in enumerate(lines) if line.startswith("Available options"))
+        options = []
+        for line in lines[start + 1 :]:
+            if line.startswith("Config search path"):
+                break
+            options.append(line)
+        return f"{lines[0]}; available: {', '.join(options)}"
+    return lines[0]

@@ -1,0 +1,167 @@
+"""MLflow tracking through `MlflowClient`: one `RunTracker` per run.
+
+The client API (not the fluent one) takes explicit run ids, so parent and child runs of a
+study, and several runs in one process, never mix. Metrics go out batched and asynchronously;
+`end` waits for them before the run gets its terminal status.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils.git_utils import get_git_commit
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
+from mlflow.utils.time import get_current_time_millis
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+# MLflow's limits for one log_batch call and for one value.
+MAX_PARAMS_PER_BATCH = 100
+MAX_TAGS_PER_BATCH = 100
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAM_LENGTH = 6000
+MAX_TAG_LENGTH = 5000
+LOCAL_STORE_SCHEMES = ("sqlite:", "file:")
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'model': {'dropout_rate': 0.5}} -> {'model.dropout_rate': 0.5}."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def get_or_create_experiment(client: MlflowClient, mlflow_cfg: DictConfig) -> str:
+    experiment = client.get_experiment_by_name(mlflow_cfg.experiment_name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(
+            mlflow_cfg.experiment_name,
+            artifact_location=_artifact_location(mlflow_cfg),
+        )
+    except MlflowException as error:
+        # Another process created it between our look-up and our create.
+        if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+        return client.get_experiment_by_name(mlflow_cfg.experiment_name).experiment_id
+
+
+def _artifact_location(mlflow_cfg: DictConfig) -> str | None:
+    location = mlflow_cfg.artifact_location
+    if not location:
+        return None
+    if "://" in location:
+        return location
+    if not mlflow_cfg.tracking_uri.startswith(LOCAL_STORE_SCHEMES) and "://" in mlflow_cfg.tracking_uri:
+        return None  # a tracking server chooses where artifacts go
+    return Path(location).resolve().as_uri()
+
+
+class RunTracker:
+    """Logs into one MLflow run and ends it FINISHED, FAILED or KILLED.
+
+    Use it as a context manager: an exception inside the block ends the run FAILED (KILLED
+    for Ctrl-C or SystemExit) with the error as the `error` tag, and is re-raised.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client = client
+        self.run_id = run_id
+        self._pending = []
+
+    @classmethod
+    def start(
+        cls,
+        mlflow_cfg: DictConfig,
+        run_name: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        parent_run_id: str | None = None,
+    ) -> RunTracker:
+        client = MlflowClient(tracking_uri=mlflow_cfg.tracking_uri)
+        experiment_id = get_or_create_experiment(client, mlflow_cfg)
+        run_tags = resolve_tags(dict(tags or {}))  # user, source, entry point's git commit
+        commit = get_git_commit(str(PACKAGE_DIR))  # the code that trains, however it was started
+        if commit:
+            run_tags[MLFLOW_GIT_COMMIT] = commit
+        if parent_run_id:
+            run_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+        run = client.create_run(experiment_id, tags=run_tags, run_name=run_name)
+        log.info("MLflow run %s (%s) in %s", run.info.run_id, run.info.run_name, mlflow_cfg.tracking_uri)
+        return cls(client, run.info.run_id)
+
+    @classmethod
+    def resume(cls, mlflow_cfg: DictConfig, run_id: str) -> RunTracker:
+        """Log into a run that a caller created (a sweep creates each trial's run)."""
+        client = MlflowClient(tracking_uri=mlflow_cfg.tracking_uri)
+        client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        return cls(client, run_id)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        entries = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in params.items()]
+        for chunk in _chunks(entries, MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=chunk)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        entries = [RunTag(key, str(value)[:MAX_TAG_LENGTH]) for key, value in tags.items()]
+        for chunk in _chunks(entries, MAX_TAGS_PER_BATCH):
+            self.client.log_batch(self.run_id, tags=chunk)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Queue one batch of metrics; it is written in the background."""
+        timestamp = get_current_time_millis()
+        entries = [Metric(key, float(value), timestamp, step) for key, value in metrics.items()]
+        for chunk in _chunks(entries, MAX_METRICS_PER_BATCH):
+            self._pending.append(self.client.log_batch(self.run_id, metrics=chunk, synchronous=False))
+
+    def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
+        if local_path.is_dir():
+            self.client.log_artifacts(self.run_id, str(local_path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(local_path), artifact_path)
+
+    def flush(self) -> None:
+        """Wait until every queued metric batch is stored (raises if one failed)."""
+        pending, self._pending = self._pending, []
+        for operation in pending:
+            if operation is not None:
+                operation.wait()
+
+    def end(self, status: str, error: BaseException | None = None) -> None:
+        try:
+            self.flush()
+        finally:
+            if error is not None:
+                self.set_tags({"error": f"{type(error).__name__}: {error}"})
+            self.client.set_terminated(self.run_id, status=status)
+
+    def __enter__(self) -> RunTracker:
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        if error is None:
+            self.end("FINISHED")
+        elif isinstance(error, KeyboardInterrupt | SystemExit):
+            self.end("KILLED", error)
+        else:
+            self.end("FAILED", error)
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,201 @@
+"""One tracked training run: `python -m study.train [overrides]`, or `train(cfg)` from code.
+
+Data flows one way: config -> data -> model -> fit -> tracker. Everything that can be wrong
+with the user's input (config keys and values, data files) is checked before the MLflow run
+is created, so a bad command leaves the tracking store as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import hydra
+import keras
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from study import backend
+from study.callbacks import EpochMetrics, StepBudget
+from study.cli import run_cli
+from study.config import checked_config
+from study.data import Dataset, load_dataset
+from study.models import build_model
+from study.optimizers import build_optimizer
+from study.tensorboard import ScalarWriter
+from study.tracking import RunTracker, flatten
+
+log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+REPLAY_HEADER = """\
+# The resolved config of one study.train run. Replay it with
+#   python -m study.train --config-path <folder of this file> --config-name config
+"""
+# Keeps a replay's Hydra output folder under runs/, like the original command.
+REPLAY_HYDRA_BLOCK = {"hydra": {"run": {"dir": "${runs_dir}/hydra/train/${now:%Y-%m-%d_%H-%M-%S}"}}}
+
+
+def train(
+    cfg: DictConfig,
+    on_epoch_end: EpochCallback | None = None,
+    *,
+    run_id: str | None = None,
+    output_dir: Path | str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> dict[str, float]:
+    """Train the configured model, track it in MLflow and return its final metrics.
+
+    on_epoch_end(epoch, metrics) is called after each epoch's metrics are logged; it may raise
+    to stop training (a pruned trial does). `run_id` logs into an existing MLflow run instead
+    of creating one; `output_dir` keeps the local copies of the artifacts (a temporary folder
+    when None).
+    """
+    cfg = checked_config(cfg)
+    dataset = load_dataset(cfg.data, cfg.trainer.seed)
+    backend.seed_everything(cfg.trainer.seed)
+    model = compile_model(cfg, dataset)
+    with tempfile.TemporaryDirectory(prefix="study-") as scratch:
+        folder = Path(output_dir) if output_dir is not None else Path(scratch)
+        folder.mkdir(parents=True, exist_ok=True)
+        tracker = (
+            RunTracker.resume(cfg.mlflow, run_id)
+            if run_id
+            else RunTracker.start(cfg.mlflow, run_name=cfg.mlflow.run_name)
+        )
+        with tracker:
+            log_run_description(tracker, cfg, dataset)
+            metrics = fit_and_evaluate(cfg, model, dataset, tracker, folder, on_epoch_end)
+        log.info(
+            "run %s: best val_accuracy %.4f, test_accuracy %.4f",
+            tracker.run_id,
+            metrics["best_val_accuracy"],
+            metrics["test_accuracy"],
+        )
+        return metrics
+
+
+def compile_model(cfg: DictConfig, dataset: Dataset) -> keras.Model:
+    model = build_model(cfg.model, dataset.image_shape, dataset.num_classes)
+    model.compile(
+        optimizer=build_optimizer(cfg.optimizer),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        steps_per_execution=cfg.trainer.steps_per_execution,
+        jit_compile=cfg.trainer.jit_compile,
+    )
+    return model
+
+
+def log_run_description(tracker: RunTracker, cfg: DictConfig, dataset: Dataset) -> None:
+    """Params (the whole config, flattened) and the tags that say what ran where."""
+    tracker.log_params(flatten(OmegaConf.to_container(cfg)))
+    versions = {f"versions.{name}": version for name, version in backend.package_versions().items()}
+    tracker.set_tags(
+        {
+            "keras.backend": keras.backend.backend(),
+            "device": backend.device_name(),
+            "data.name": dataset.name,
+            "data.source": dataset.source,
+            "data.digest": dataset.digest,
+            "data.train_examples": len(dataset.x_train),
+            **versions,
+        }
+    )
+
+
+def fit_and_evaluate(
+    cfg: DictConfig,
+    model: keras.Model,
+    dataset: Dataset,
+    tracker: RunTracker,
+    folder: Path,
+    on_epoch_end: EpochCallback | None,
+) -> dict[str, float]:
+    trainer = cfg.trainer
+    config_file = write_replay_config(cfg, folder / "config.yaml")
+    tracker.log_artifact(config_file)
+    checkpoints = folder / "checkpoints"
+    checkpoints.mkdir(exist_ok=True)
+    writer = ScalarWriter(folder / "tensorboard")
+    sinks = [lambda epoch, metrics: tracker.log_metrics(metrics, step=epoch), writer.write]
+    if on_epoch_end is not None:
+        sinks.append(on_epoch_end)
+    epoch_metrics = EpochMetrics(len(dataset.x_train), trainer.batch_size, sinks)
+    callbacks = [
+        epoch_metrics,
+        keras.callbacks.ModelCheckpoint(
+            checkpoints / "best.keras", monitor="val_accuracy", mode="max", save_best_only=True
+        ),
+    ]
+    steps_per_epoch = math.ceil(len(dataset.x_train) / trainer.batch_size)
+    epochs = trainer.epochs
+    if trainer.max_steps is not None:
+        epochs = math.ceil(trainer.max_steps / steps_per_epoch)
+        callbacks.append(StepBudget(trainer.max_steps, steps_per_epoch))
+    start = time.perf_counter()
+    try:
+        model.fit(
+            dataset.x_train,
+            dataset.y_train,
+            batch_size=trainer.batch_size,
+            epochs=epochs,
+            validation_data=(dataset.x_val, dataset.y_val),
+            validation_batch_size=trainer.eval_batch_size,
+            callbacks=callbacks,
+            verbose=trainer.verbose,
+        )
+    finally:
+        writer.close()
+        # Curves and checkpoints written so far are kept, also for a failed or pruned run.
+        tracker.log_artifact(writer.logdir, "tensorboard")
+        tracker.log_artifact(checkpoints, "checkpoints")
+    train_seconds = time.perf_counter() - start
+    model.save(checkpoints / "last.keras")
+    tracker.log_artifact(checkpoints / "last.keras", "checkpoints")
+    test_loss, test_accuracy = model.evaluate(
+        dataset.x_test, dataset.y_test, batch_size=trainer.eval_batch_size, verbose=0
+    )
+    return summarize(epoch_metrics.history, test_loss, test_accuracy, train_seconds, tracker)
+
+
+def summarize(
+    history: list[dict[str, float]],
+    test_loss: float,
+    test_accuracy: float,
+    train_seconds: float,
+    tracker: RunTracker,
+) -> dict[str, float]:
+    """Final metrics: the last epoch's, the best validation accuracy and the test figures."""
+    best_epoch = max(range(len(history)), key=lambda i: history[i]["val_accuracy"])
+    summary = {
+        "best_val_accuracy": history[best_epoch]["val_accuracy"],
+        "best_epoch": float(best_epoch + 1),
+        "test_loss": float(test_loss),
+        "test_accuracy": float(test_accuracy),
+        "train_seconds": train_seconds,
+    }
+    tracker.log_metrics(summary, step=len(history))
+    return {**history[-1], **summary, "epochs": float(len(history))}
+
+
+def write_replay_config(cfg: DictConfig, path: Path) -> Path:
+    """The resolved config as the primary config of a replay (`--config-name config`)."""
+    body = OmegaConf.to_yaml({**OmegaConf.to_container(cfg), **REPLAY_HYDRA_BLOCK})
+    path.write_text(REPLAY_HEADER + body)
+    return path
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    metrics = train(cfg, output_dir=HydraConfig.get().runtime.output_dir)
+    return metrics["best_val_accuracy"]
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,95 @@
+"""Every config group option composes; typos, wrong types and bad values fail with one line."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+
+from study.config import CONFIG_DIR, ConfigError, checked_config, describe_error
+from tests.conftest import compose_config
+
+GROUPS = ("data", "model", "optimizer", "trainer", "mlflow")
+
+
+def group_options() -> list[tuple[str, str]]:
+    return [(group, path.stem) for group in GROUPS for path in sorted((CONFIG_DIR / group).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize(("group", "option"), group_options())
+def test_every_group_option_composes_and_checks(group, option, tmp_path):
+    cfg = compose_config("train", [f"{group}={option}", f"runs_dir={tmp_path}"])
+    checked = checked_config(cfg)
+    if group in ("data", "model", "optimizer"):
+        assert checked[group].name == option
+    assert checked.mlflow.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def test_group_options_are_typed_by_their_schema():
+    cfg = compose_config("train", ["model=mlp", "optimizer=sgd"])
+    assert type(cfg.model.hidden1_units) is int
+    assert OmegaConf.get_type(cfg.model).__name__ == "MlpConfig"
+    assert OmegaConf.get_type(cfg.optimizer).__name__ == "SgdConfig"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["model.dropuot_rate=0.3"], "model.dropuot_rate: Key 'dropuot_rate' not in 'CnnConfig'"),
+        (["model.dropout_rate=abc"], "model.dropout_rate: Value 'abc' of type 'str' could not be converted"),
+        (["trainer.epochs=three"], "trainer.epochs: Value 'three' of type 'str' could not be converted"),
+        (["model=resnet"], "Could not find 'model/resnet'; available: cnn, mlp, softmax"),
+        (["model=softmax", "model.dropout_rate=0.2"], "model.dropout_rate: Key 'dropout_rate' not in"),
+    ],
+)
+def test_compose_time_errors_are_one_line_naming_the_key(overrides, expected):
+    with pytest.raises(HydraException) as caught:
+        compose_config("train", overrides)
+    message = describe_error(caught.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["optimizer.learning_rate=0"], "optimizer.learning_rate: expected a number > 0, got 0.0"),
+        (["optimizer.learning_rate=-0.1"], "optimizer.learning_rate: expected a number > 0"),
+        (["model.dropout_rate=1.0"], "model.dropout_rate: expected a number in [0, 1), got 1.0"),
+        (["model.dropout_rate=-0.1"], "model.dropout_rate: expected a number in [0, 1)"),
+        (["trainer.batch_size=0"], "trainer.batch_size: expected an integer >= 1"),
+        (["trainer.max_steps=0"], "trainer.max_steps: expected null or >= 1"),
+        (["optimizer=sgd", "optimizer.momentum=-1"], "optimizer.momentum: expected a number >= 0"),
+    ],
+)
+def test_bad_values_fail_the_check_naming_the_key(overrides, expected):
+    cfg = compose_config("train", overrides)
+    with pytest.raises(ConfigError) as caught:
+        checked_config(cfg)
+    assert expected in str(caught.value)
+
+
+def test_a_config_that_skipped_composition_is_checked_too():
+    cfg = OmegaConf.create(
+        {
+            "data": {"name": "mnist"},
+            "model": {"name": "cnn", "dropuot_rate": 0.1},
+            "optimizer": {"name": "adam"},
+        }
+    )
+    with pytest.raises(ConfigError, match=r"model\.dropuot_rate: Key 'dropuot_rate' not in 'CnnConfig'"):
+        checked_config(cfg)
+    cfg.model = {"name": "transformer"}
+    with pytest.raises(ConfigError, match=r"model\.name: expected one of \['cnn', 'mlp', 'softmax'\]"):
+        checked_config(cfg)
+
+
+def test_checked_config_fills_schema_defaults_and_is_read_only():
+    cfg = OmegaConf.create(
+        {"data": {"name": "digits"}, "model": {"name": "mlp"}, "optimizer": {"name": "sgd"}, "runs_dir": "x"}
+    )
+    checked = checked_config(cfg)
+    assert checked.model.hidden1_units == 128
+    assert checked.mlflow.tracking_uri == "sqlite:///x/mlflow.db"
+    with pytest.raises(Exception, match="read-only"):
+        checked.model.hidden1_units = 3
