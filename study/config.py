@@ -97,7 +97,7 @@ class RmspropConfig:
 @dataclass
 class TrainerConfig:
     epochs: int = 3
-    batch_size: int = 64
+    batch_size: int = 50
     # When set, train exactly this many optimizer steps; the number of epochs follows from it.
     max_steps: int | None = None
     seed: int = 42
