@@ -26,16 +26,23 @@ class NonFiniteLossError(FloatingPointError):
 class EpochMetrics(keras.callbacks.Callback):
     """After each epoch: loss and accuracy, epoch seconds and training images per second.
 
-    Calls every sink with (epoch, metrics), epoch counting from 1, then raises
-    NonFiniteLossError if the training loss is NaN or infinite. It reads the step counter
-    once per epoch and adds no per-batch work to the fit loop.
+    Calls every sink with (epoch, metrics), epoch counting from 1, raises NonFiniteLossError
+    if the training loss is NaN or infinite, then calls `on_epoch_end` (which may raise to
+    stop training). It reads the step counter once per epoch and adds no per-batch work.
     """
 
-    def __init__(self, num_train_examples: int, batch_size: int, sinks: list[EpochSink]):
+    def __init__(
+        self,
+        num_train_examples: int,
+        batch_size: int,
+        sinks: list[EpochSink],
+        on_epoch_end: EpochSink | None = None,
+    ):
         super().__init__()
         self.num_train_examples = num_train_examples
         self.batch_size = batch_size
         self.sinks = sinks
+        self.user_hook = on_epoch_end
         self.history: list[dict[str, float]] = []
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -60,6 +67,8 @@ class EpochMetrics(keras.callbacks.Callback):
             sink(epoch + 1, metrics)
         if not math.isfinite(metrics["train_loss"]):
             raise NonFiniteLossError(f"train_loss is {metrics['train_loss']} after epoch {epoch + 1}")
+        if self.user_hook is not None:  # after the check: a diverged run fails, never "pruned"
+            self.user_hook(epoch + 1, metrics)
 
     def _steps(self) -> int:
         return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))

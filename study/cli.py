@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
@@ -25,12 +27,33 @@ def run_cli(hydra_main: Callable[[], object]) -> None:
     """
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    program = os.path.basename(sys.argv[0]).removesuffix(".py")
     try:
         hydra_main()
     except INPUT_ERRORS as error:
-        print(f"study.{program}: error: {describe_error(error)}", file=sys.stderr)
-        sys.exit(2)
+        exit_with_input_error(error)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def report_input_errors(task_function: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """For the function under @hydra.main: bad input raised inside it exits with one line too
+    (Hydra would first print the overrides of the failed job)."""
+
+    @functools.wraps(task_function)
+    def wrapper(cfg):
+        try:
+            return task_function(cfg)
+        except INPUT_ERRORS as error:
+            exit_with_input_error(error)
+
+    return wrapper
+
+
+def exit_with_input_error(error: BaseException) -> None:
+    program = os.path.basename(sys.argv[0]).removesuffix(".py")
+    print(f"study.{program}: error: {describe_error(error)}", file=sys.stderr)
+    sys.exit(2)
 
 
 def _exit_on_sigterm(signum, frame) -> None:

@@ -126,11 +126,155 @@ class TrainConfig:
     runs_dir: str = "runs"
 
 
+# --- studies (python -m study.sweep) -----------------------------------------------------------
+
+
+@dataclass
+class StudyConfig:
+    name: str = "default"
+    n_trials: int = 20  # complete + pruned trials in the whole study, earlier sessions included
+    timeout: float | None = None  # seconds; no new trial starts after it (this session)
+    direction: str = "maximize"  # the objective is the best validation accuracy of a trial
+    # An Optuna storage URL (sqlite:///..., postgresql://..., mysql://...) or a journal file path.
+    storage: str = "sqlite:///${runs_dir}/optuna.db"
+    n_workers: int = 1  # worker processes; with gpus, at most len(gpus) * trials_per_gpu
+    gpus: list[int] = field(default_factory=list)
+    trials_per_gpu: int = 1
+    enqueue_defaults: bool = True  # trial 0 tries the base config's values: a baseline to beat
+    heartbeat_interval: int = 10  # seconds; a worker silent for 2x this is declared dead
+    max_retry: int = 1  # re-runs of a trial whose worker died
+    max_failed_trials: int | None = None  # stop after this many failed trials (default: n_trials)
+    output_dir: str = "${runs_dir}/studies/${study.name}"
+
+
+@dataclass
+class ParamSpec:
+    """One search-space entry: a group option (`model`) or a value (`optimizer.learning_rate`)."""
+
+    type: str = MISSING  # categorical | float | int
+    choices: list[Any] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    # Sample only when these config keys have one of these values, e.g. {model: [mlp, cnn]}.
+    when: dict[str, list[Any]] | None = None
+    # The config key the value goes to; defaults to the entry's name. Lets two entries with
+    # different ranges (one per optimizer, say) set the same key.
+    target: str | None = None
+
+
+@dataclass
+class TpeSamplerConfig:
+    name: str = "tpe"
+    seed: int | None = 42
+    n_startup_trials: int = 5
+    multivariate: bool = True
+    group: bool = True  # conditional spaces: sample each sub-space jointly
+    constant_liar: bool = True  # parallel workers avoid sampling the same point
+
+
+@dataclass
+class RandomSamplerConfig:
+    name: str = "random"
+    seed: int | None = 42
+
+
+@dataclass
+class GridSamplerConfig:
+    name: str = "grid"
+    seed: int | None = 42
+
+
+@dataclass
+class CmaesSamplerConfig:
+    name: str = "cmaes"
+    seed: int | None = 42
+    n_startup_trials: int = 1
+
+
+@dataclass
+class GpSamplerConfig:
+    name: str = "gp"
+    seed: int | None = 42
+    n_startup_trials: int = 10
+
+
+@dataclass
+class MedianPrunerConfig:
+    name: str = "median"
+    n_startup_trials: int = 3  # complete trials before any pruning
+    n_warmup_steps: int = 0  # epochs reported before a trial can be pruned
+    interval_steps: int = 1
+
+
+@dataclass
+class HyperbandPrunerConfig:
+    name: str = "hyperband"
+    min_resource: int = 1
+    max_resource: Any = "auto"  # "auto" or a number of epochs
+    reduction_factor: int = 3
+
+
+@dataclass
+class SuccessiveHalvingPrunerConfig:
+    name: str = "successive_halving"
+    min_resource: Any = "auto"
+    reduction_factor: int = 4
+    min_early_stopping_rate: int = 0
+
+
+@dataclass
+class ThresholdPrunerConfig:
+    name: str = "threshold"
+    lower: float | None = None  # prune a trial whose validation accuracy falls below this
+    upper: float | None = None
+    n_warmup_steps: int = 0
+
+
+@dataclass
+class NopPrunerConfig:
+    name: str = "none"
+
+
+@dataclass
+class SweepStudyPart:
+    """What a study adds to the train config."""
+
+    study: StudyConfig = field(default_factory=StudyConfig)
+    sampler: Any = MISSING
+    pruner: Any = MISSING
+    search_space: dict[str, ParamSpec] = field(default_factory=dict)
+
+
+@dataclass
+class SweepConfig(TrainConfig, SweepStudyPart):
+    """The primary schema of `conf/sweep.yaml`: the train config plus the study part."""
+
+
+SWEEP_KEYS = ("study", "sampler", "pruner", "search_space")
+
 # Group option name -> schema. `checked_config` picks the schema from the node's `name`.
 SCHEMAS: dict[str, dict[str, type]] = {
     "data": {"mnist": DataConfig, "fashion_mnist": DataConfig, "digits": DataConfig},
     "model": {"softmax": SoftmaxConfig, "mlp": MlpConfig, "cnn": CnnConfig},
     "optimizer": {"sgd": SgdConfig, "adam": AdamConfig, "rmsprop": RmspropConfig},
+}
+SWEEP_SCHEMAS: dict[str, dict[str, type]] = {
+    "sampler": {
+        "tpe": TpeSamplerConfig,
+        "random": RandomSamplerConfig,
+        "grid": GridSamplerConfig,
+        "cmaes": CmaesSamplerConfig,
+        "gp": GpSamplerConfig,
+    },
+    "pruner": {
+        "median": MedianPrunerConfig,
+        "hyperband": HyperbandPrunerConfig,
+        "successive_halving": SuccessiveHalvingPrunerConfig,
+        "threshold": ThresholdPrunerConfig,
+        "none": NopPrunerConfig,
+    },
 }
 
 
@@ -138,8 +282,10 @@ def register_configs() -> None:
     """Store the schemas where the YAML group options (and Hydra) can find them."""
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
-    for group in ("model", "optimizer"):
-        for option, schema in SCHEMAS[group].items():
+    store.store(name="sweep_schema", node=SweepConfig)
+    groups = {"model": SCHEMAS["model"], "optimizer": SCHEMAS["optimizer"], **SWEEP_SCHEMAS}
+    for group, options in groups.items():
+        for option, schema in options.items():
             store.store(group=f"schema/{group}", name=option, node=schema)
 
 
@@ -155,8 +301,9 @@ def checked_config(cfg: DictConfig) -> DictConfig:
         plain = OmegaConf.to_container(cfg, resolve=True)
         if not isinstance(plain, dict):
             raise ConfigError(f"the config must be a mapping, got {type(plain).__name__}")
-        plain.pop("hydra", None)
-        typed = OmegaConf.merge(OmegaConf.structured(TrainConfig), _typed_groups(plain))
+        for key in ("hydra", *SWEEP_KEYS):  # a study's config trains like a plain run
+            plain.pop(key, None)
+        typed = OmegaConf.merge(OmegaConf.structured(TrainConfig), _typed_groups(plain, SCHEMAS))
         OmegaConf.resolve(typed)  # schema defaults may interpolate, e.g. ${runs_dir}
         OmegaConf.to_container(typed, throw_on_missing=True)
     except OmegaConfBaseException as error:
@@ -166,9 +313,9 @@ def checked_config(cfg: DictConfig) -> DictConfig:
     return typed
 
 
-def _typed_groups(plain: dict) -> dict:
+def _typed_groups(plain: dict, schemas: dict[str, dict[str, type]]) -> dict:
     typed = dict(plain)
-    for group, options in SCHEMAS.items():
+    for group, options in schemas.items():
         node = plain.get(group)
         if not isinstance(node, dict):
             raise ConfigError(f"{group}: expected a config group with a 'name', got {node!r}")
@@ -180,6 +327,50 @@ def _typed_groups(plain: dict) -> dict:
         except OmegaConfBaseException as error:
             # The group node is merged on its own, so its keys lack the group prefix.
             raise ConfigError(f"{group}.{describe_omegaconf_error(error)}") from None
+    return typed
+
+
+def checked_sweep_config(cfg: DictConfig) -> DictConfig:
+    """The study part of a sweep config (study, sampler, pruner, search space), typed and checked.
+
+    The train part is checked by `checked_config`; each trial's config is checked again.
+    """
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        sweep_part = {key: plain.get(key) for key in SWEEP_KEYS}
+        typed = OmegaConf.merge(
+            OmegaConf.structured(SweepStudyPart), _typed_groups(sweep_part, SWEEP_SCHEMAS)
+        )
+        OmegaConf.to_container(typed, throw_on_missing=True)
+    except OmegaConfBaseException as error:
+        raise ConfigError(describe_omegaconf_error(error)) from None
+    study = typed.study
+    checks = [
+        ("study.n_trials", study.n_trials >= 1, "an integer >= 1", study.n_trials),
+        ("study.n_workers", study.n_workers >= 1, "an integer >= 1", study.n_workers),
+        ("study.trials_per_gpu", study.trials_per_gpu >= 1, "an integer >= 1", study.trials_per_gpu),
+        (
+            "study.direction",
+            study.direction == "maximize",
+            "'maximize' (validation accuracy)",
+            study.direction,
+        ),
+        ("study.timeout", study.timeout is None or study.timeout > 0, "null or > 0", study.timeout),
+        (
+            "study.heartbeat_interval",
+            study.heartbeat_interval >= 1,
+            "an integer >= 1",
+            study.heartbeat_interval,
+        ),
+        ("study.max_retry", study.max_retry >= 0, "an integer >= 0", study.max_retry),
+        ("study.name", bool(study.name.strip()), "a non-empty name", study.name),
+    ]
+    for key, is_valid, expected, value in checks:
+        if not is_valid:
+            raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+    if not typed.search_space:
+        raise ConfigError("search_space: expected at least one entry, got an empty search space")
+    OmegaConf.set_readonly(typed, True)
     return typed
 
 

@@ -41,3 +41,35 @@ class ScalarWriter:
 
     def close(self) -> None:
         self._writer.close()
+
+
+def write_hparams(logdir: Path, hparams: dict[str, object], trial_id: str) -> None:
+    """A trial's hyperparameters, for TensorBoard's HParams dashboard (one session per run)."""
+    from tensorboard.plugins.hparams import summary_v2
+
+    logdir.mkdir(parents=True, exist_ok=True)
+    writer = EventFileWriter(str(logdir), filename_suffix=".hparams")
+    summary = summary_v2.hparams_pb(_hparam_values(hparams), trial_id=trial_id)
+    writer.add_event(Event(wall_time=time.time(), step=0, summary=summary))
+    writer.close()
+
+
+def write_hparams_config(logdir: Path, hparam_names: list[str], metric_tags: list[str]) -> None:
+    """The study-level HParams table: every searched hyperparameter and the metric columns."""
+    from tensorboard.plugins.hparams import summary_v2
+
+    logdir.mkdir(parents=True, exist_ok=True)
+    writer = EventFileWriter(str(logdir), filename_suffix=".hparams_config")
+    columns = [summary_v2.HParam(name) for name in sorted(hparam_names)]
+    metrics = [summary_v2.Metric(tag) for tag in metric_tags]
+    summary = summary_v2.hparams_config_pb(hparams=columns, metrics=metrics)
+    writer.add_event(Event(wall_time=time.time(), step=0, summary=summary))
+    writer.close()
+
+
+def _hparam_values(hparams: dict[str, object]) -> dict[str, object]:
+    # HParams take bool, int, float or str.
+    return {
+        name: value if isinstance(value, bool | int | float | str) else str(value)
+        for name, value in hparams.items()
+    }

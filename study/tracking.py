@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import optuna
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
@@ -154,12 +155,26 @@ class RunTracker:
         return self
 
     def __exit__(self, error_type, error, traceback) -> None:
-        if error is None:
-            self.end("FINISHED")
-        elif isinstance(error, KeyboardInterrupt | SystemExit):
-            self.end("KILLED", error)
-        else:
-            self.end("FAILED", error)
+        self.end(terminal_status(error), error)
+
+
+def terminal_status(error: BaseException | None) -> str:
+    """FINISHED; KILLED when stopped on purpose (Ctrl-C, SIGTERM, a pruner); else FAILED."""
+    if error is None:
+        return "FINISHED"
+    if isinstance(error, KeyboardInterrupt | SystemExit | optuna.TrialPruned):
+        return "KILLED"
+    return "FAILED"
+
+
+def end_run_if_running(client: MlflowClient, run_id: str, error: BaseException | str) -> None:
+    """Give a run its terminal status unless it has one (cleanup after a crash or early error)."""
+    if client.get_run(run_id).info.status not in ("RUNNING", "SCHEDULED"):
+        return
+    status = terminal_status(error) if isinstance(error, BaseException) else "KILLED"
+    message = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error
+    client.set_tag(run_id, "error", message[:MAX_TAG_LENGTH])
+    client.set_terminated(run_id, status=status)
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:

@@ -11,7 +11,7 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 
 import hydra
@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from study import backend
 from study.callbacks import EpochMetrics, StepBudget
-from study.cli import run_cli
+from study.cli import report_input_errors, run_cli
 from study.config import checked_config
 from study.data import Dataset, load_dataset
 from study.models import build_model
@@ -47,19 +47,19 @@ def train(
     *,
     run_id: str | None = None,
     output_dir: Path | str | None = None,
-    tags: Mapping[str, str] | None = None,
+    tensorboard_dir: Path | str | None = None,
+    evaluate_test: bool = True,
 ) -> dict[str, float]:
     """Train the configured model, track it in MLflow and return its final metrics.
 
     on_epoch_end(epoch, metrics) is called after each epoch's metrics are logged; it may raise
     to stop training (a pruned trial does). `run_id` logs into an existing MLflow run instead
     of creating one; `output_dir` keeps the local copies of the artifacts (a temporary folder
-    when None).
+    when None), `tensorboard_dir` the event files (default: `output_dir/tensorboard`).
+    `evaluate_test=False` leaves the test set alone (trials of a study).
     """
     cfg = checked_config(cfg)
-    dataset = load_dataset(cfg.data, cfg.trainer.seed)
-    backend.seed_everything(cfg.trainer.seed)
-    model = compile_model(cfg, dataset)
+    dataset = load_dataset(cfg.data, cfg.trainer.seed)  # the last input check: data files
     with tempfile.TemporaryDirectory(prefix="study-") as scratch:
         folder = Path(output_dir) if output_dir is not None else Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
@@ -70,13 +70,13 @@ def train(
         )
         with tracker:
             log_run_description(tracker, cfg, dataset)
-            metrics = fit_and_evaluate(cfg, model, dataset, tracker, folder, on_epoch_end)
-        log.info(
-            "run %s: best val_accuracy %.4f, test_accuracy %.4f",
-            tracker.run_id,
-            metrics["best_val_accuracy"],
-            metrics["test_accuracy"],
-        )
+            backend.seed_everything(cfg.trainer.seed)
+            model = compile_model(cfg, dataset)
+            logdir = Path(tensorboard_dir) if tensorboard_dir is not None else folder / "tensorboard"
+            metrics = fit_and_evaluate(
+                cfg, model, dataset, tracker, folder, logdir, on_epoch_end, evaluate_test
+            )
+        log.info("run %s: best val_accuracy %.4f", tracker.run_id, metrics["best_val_accuracy"])
         return metrics
 
 
@@ -115,18 +115,18 @@ def fit_and_evaluate(
     dataset: Dataset,
     tracker: RunTracker,
     folder: Path,
+    logdir: Path,
     on_epoch_end: EpochCallback | None,
+    evaluate_test: bool = True,
 ) -> dict[str, float]:
     trainer = cfg.trainer
     config_file = write_replay_config(cfg, folder / "config.yaml")
     tracker.log_artifact(config_file)
     checkpoints = folder / "checkpoints"
     checkpoints.mkdir(exist_ok=True)
-    writer = ScalarWriter(folder / "tensorboard")
+    writer = ScalarWriter(logdir)
     sinks = [lambda epoch, metrics: tracker.log_metrics(metrics, step=epoch), writer.write]
-    if on_epoch_end is not None:
-        sinks.append(on_epoch_end)
-    epoch_metrics = EpochMetrics(len(dataset.x_train), trainer.batch_size, sinks)
+    epoch_metrics = EpochMetrics(len(dataset.x_train), trainer.batch_size, sinks, on_epoch_end)
     callbacks = [
         epoch_metrics,
         keras.callbacks.ModelCheckpoint(
@@ -158,16 +158,18 @@ def fit_and_evaluate(
     train_seconds = time.perf_counter() - start
     model.save(checkpoints / "last.keras")
     tracker.log_artifact(checkpoints / "last.keras", "checkpoints")
-    test_loss, test_accuracy = model.evaluate(
-        dataset.x_test, dataset.y_test, batch_size=trainer.eval_batch_size, verbose=0
-    )
-    return summarize(epoch_metrics.history, test_loss, test_accuracy, train_seconds, tracker)
+    test_metrics = {}
+    if evaluate_test:
+        test_loss, test_accuracy = model.evaluate(
+            dataset.x_test, dataset.y_test, batch_size=trainer.eval_batch_size, verbose=0
+        )
+        test_metrics = {"test_loss": float(test_loss), "test_accuracy": float(test_accuracy)}
+    return summarize(epoch_metrics.history, test_metrics, train_seconds, tracker)
 
 
 def summarize(
     history: list[dict[str, float]],
-    test_loss: float,
-    test_accuracy: float,
+    test_metrics: dict[str, float],
     train_seconds: float,
     tracker: RunTracker,
 ) -> dict[str, float]:
@@ -176,8 +178,7 @@ def summarize(
     summary = {
         "best_val_accuracy": history[best_epoch]["val_accuracy"],
         "best_epoch": float(best_epoch + 1),
-        "test_loss": float(test_loss),
-        "test_accuracy": float(test_accuracy),
+        **test_metrics,
         "train_seconds": train_seconds,
     }
     tracker.log_metrics(summary, step=len(history))
@@ -192,8 +193,10 @@ def write_replay_config(cfg: DictConfig, path: Path) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@report_input_errors
 def main(cfg: DictConfig) -> float:
     metrics = train(cfg, output_dir=HydraConfig.get().runtime.output_dir)
+    log.info("test_accuracy %.4f", metrics["test_accuracy"])
     return metrics["best_val_accuracy"]
 
 

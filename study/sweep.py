@@ -1,0 +1,327 @@
+"""An Optuna study of tracked training runs: `python -m study.sweep [overrides]`.
+
+The driver checks everything it can before any store is touched (config, data files, search
+space, sampler), creates or resumes the Optuna study and its MLflow parent run, starts the
+worker processes (`study.worker`), shows progress, replaces workers that die, and at the end
+writes the leaderboard, Optuna's plots and the winner's test-set evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import optuna
+import pandas as pd
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from study.cli import report_input_errors, run_cli
+from study.config import CONFIG_DIR, checked_config, checked_sweep_config
+from study.data import load_dataset
+from study.pruners import build_pruner
+from study.results import evaluate_winner, leaderboard, log_plots
+from study.samplers import build_sampler
+from study.search_space import SearchSpace
+from study.storage import TrialCounts, count_trials, make_storage, max_failed_trials
+from study.tensorboard import write_hparams_config
+from study.tracking import RunTracker, flatten
+from study.worker import WorkerSpec, sweep_composer
+
+log = logging.getLogger(__name__)
+
+PARENT_RUN_ATTR = "mlflow_parent_run_id"
+POLL_SECONDS = 1.0
+PROGRESS_SECONDS = 5.0
+MAX_RESTARTS_PER_WORKER = 3
+SHUTDOWN_SECONDS = 60
+
+
+def run_sweep(
+    cfg: DictConfig,
+    overrides: list[str] | None = None,
+    config_dir: str | Path = CONFIG_DIR,
+    config_name: str = "sweep",
+) -> dict:
+    """Run (or resume) the study `cfg` describes; returns its summary.
+
+    `overrides` are the command-line overrides `cfg` was composed with: workers compose the
+    same config from them, plus each trial's sampled values.
+    """
+    overrides = list(overrides or [])
+    settings, base = checked_sweep_config(cfg), checked_config(cfg)
+    load_dataset(base.data, base.trainer.seed)  # a missing or corrupt file fails here, not in trials
+    compose_with = sweep_composer(str(config_dir), config_name, overrides)
+    space = SearchSpace(settings.search_space)
+    space.check_against(compose_with)
+    build_sampler(settings.sampler, space)
+    build_pruner(settings.pruner)
+
+    # Inputs are good: from here on the stores are written.
+    study_dir = Path(settings.study.output_dir)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(
+        study_name=settings.study.name,
+        storage=make_storage(settings.study, base.mlflow.tracking_uri),
+        direction=settings.study.direction,
+        load_if_exists=True,
+    )
+    parent = parent_run(study, settings, base, cfg, study_dir)
+    if settings.study.enqueue_defaults and not study.trials:
+        study.enqueue_trial(space.base_values(base), user_attrs={"baseline": True}, skip_if_exists=True)
+    deadline = time.time() + settings.study.timeout if settings.study.timeout else None
+    spec = WorkerSpec(str(config_dir), config_name, overrides, parent.run_id, deadline=deadline)
+    try:
+        WorkerPool(settings, spec, study_dir).run(study)
+        summary = finish(study, settings, parent, study_dir)
+    except BaseException as error:
+        parent.end("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED", error)
+        raise
+    parent.end("FINISHED")
+    return summary
+
+
+def parent_run(
+    study: optuna.Study, settings: DictConfig, base: DictConfig, cfg: DictConfig, study_dir: Path
+) -> RunTracker:
+    """The study's MLflow parent run: created with the study, reused when it resumes."""
+    run_id = study.user_attrs.get(PARENT_RUN_ATTR)
+    if run_id:
+        log.info("resuming study %s (parent run %s)", settings.study.name, run_id)
+        return RunTracker.resume(base.mlflow, run_id)
+    tracker = RunTracker.start(
+        base.mlflow,
+        run_name=settings.study.name,
+        tags={
+            "study.name": settings.study.name,
+            "study.role": "parent",
+            "optuna.study_name": study.study_name,
+        },
+    )
+    study.set_user_attr(PARENT_RUN_ATTR, tracker.run_id)
+    study_settings = OmegaConf.to_container(settings)
+    study_settings.pop("search_space")
+    tracker.log_params(flatten(study_settings))
+    space_file = study_dir / "search_space.yaml"
+    space_file.write_text(OmegaConf.to_yaml(settings.search_space))
+    tracker.log_artifact(space_file)
+    config_file = study_dir / "sweep_config.yaml"
+    config_file.write_text(OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True)))
+    tracker.log_artifact(config_file)
+    return tracker
+
+
+@dataclass
+class Worker:
+    index: int
+    env: dict[str, str]
+    cores: list[int]
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+
+
+class WorkerPool:
+    """Worker processes sharing the study storage; a dead worker is replaced."""
+
+    def __init__(self, settings: DictConfig, spec: WorkerSpec, study_dir: Path):
+        self.settings = settings
+        self.spec = spec
+        self.study_dir = study_dir
+        self.logs = study_dir / "logs"
+        self.logs.mkdir(exist_ok=True)
+        self.workers = [
+            Worker(index, env, cores) for index, (env, cores) in enumerate(worker_slots(settings.study))
+        ]
+        self.progress = Progress(settings)
+
+    def run(self, study: optuna.Study) -> None:
+        for worker in self.workers:
+            self._start(worker)
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+        try:
+            while any(w.process is not None for w in self.workers):
+                time.sleep(POLL_SECONDS)
+                counts = count_trials(study)
+                self.progress.update(study, counts)
+                for worker in self.workers:
+                    self._check(worker, counts)
+        except KeyboardInterrupt:
+            self._stop_all()
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            self.progress.update(study, count_trials(study), force=True)
+
+    def _start(self, worker: Worker) -> None:
+        spec = WorkerSpec(**{**self.spec.__dict__, "worker_index": worker.index, "cores": worker.cores})
+        spec_file = spec.write(self.logs / f"worker_{worker.index}.json")
+        log_file = open(self.logs / f"worker_{worker.index}.log", "a")  # noqa: SIM115 - child owns it
+        worker.process = subprocess.Popen(
+            [sys.executable, "-m", "study.worker", str(spec_file)],
+            env=worker.env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        log_file.close()
+
+    def _check(self, worker: Worker, counts: TrialCounts) -> None:
+        if worker.process is None or worker.process.poll() is None:
+            return
+        code, worker.process = worker.process.returncode, None
+        if code == 0:
+            return
+        finished = counts.done >= self.settings.study.n_trials or counts.failed >= max_failed_trials(
+            self.settings
+        )
+        if finished or worker.restarts >= MAX_RESTARTS_PER_WORKER:
+            log.warning("worker %d exited with %d (log: %s)", worker.index, code, self._log(worker))
+            return
+        worker.restarts += 1
+        log.warning(
+            "worker %d exited with %d; starting a replacement (log: %s)",
+            worker.index,
+            code,
+            self._log(worker),
+        )
+        self._start(worker)
+
+    def _stop_all(self) -> None:
+        """Ctrl-C: workers end their trials as failed and their runs as KILLED, then exit."""
+        running = [w.process for w in self.workers if w.process is not None]
+        for process in running:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.time() + SHUTDOWN_SECONDS
+        for process in running:
+            try:
+                process.wait(timeout=max(1.0, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    def _log(self, worker: Worker) -> Path:
+        return self.logs / f"worker_{worker.index}.log"
+
+
+def worker_slots(study_cfg: DictConfig) -> list[tuple[dict[str, str], list[int]]]:
+    """(environment, CPU cores) for each worker.
+
+    With study.gpus, there is one worker per slot (gpus x trials_per_gpu); each sees only its
+    GPU and allocates memory as it needs it. Without, study.n_workers workers split the CPU
+    cores between them instead of each starting a thread per core.
+    """
+    base_env = {**os.environ, "TF_FORCE_GPU_ALLOW_GROWTH": "true", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    if study_cfg.gpus:
+        slots = [gpu for gpu in study_cfg.gpus for _ in range(study_cfg.trials_per_gpu)]
+        if study_cfg.n_workers not in (1, len(slots)):
+            log.warning(
+                "study.n_workers=%d ignored: the %d GPU slots (gpus x trials_per_gpu) set the workers",
+                study_cfg.n_workers,
+                len(slots),
+            )
+        return [({**base_env, "CUDA_VISIBLE_DEVICES": str(gpu)}, []) for gpu in slots]
+    cores = (
+        sorted(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else list(range(os.cpu_count() or 1))
+    )
+    workers = study_cfg.n_workers
+    if workers == 1:
+        return [(base_env, [])]  # one worker uses every core
+    slots = []
+    for index in range(workers):
+        share = cores[index::workers] or [cores[index % len(cores)]]
+        threads = str(len(share))
+        xla_flags = f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={threads}"
+        env = {
+            **base_env,
+            "TF_NUM_INTRAOP_THREADS": threads,
+            "TF_NUM_INTEROP_THREADS": "1",
+            "OMP_NUM_THREADS": threads,
+            "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {xla_flags}".strip(),  # JAX on CPU
+        }
+        slots.append((env, share))
+    return slots
+
+
+class Progress:
+    """One line per change: done / pruned / failed / running, and the best so far."""
+
+    def __init__(self, settings: DictConfig):
+        self.settings = settings
+        self.last_line = ""
+        self.last_time = 0.0
+
+    def update(self, study: optuna.Study, counts: TrialCounts, force: bool = False) -> None:
+        line = self.line(study, counts)
+        if line != self.last_line and (force or time.time() - self.last_time >= PROGRESS_SECONDS):
+            print(line, flush=True)
+            self.last_line, self.last_time = line, time.time()
+
+    def line(self, study: optuna.Study, counts: TrialCounts) -> str:
+        best = ""
+        if counts.complete:
+            trial = study.best_trial
+            best = f" | best val_accuracy {trial.value:.4f} (trial {trial.number})"
+        return (
+            f"[{self.settings.study.name}] {counts.done}/{self.settings.study.n_trials} done "
+            f"({counts.complete} complete, {counts.pruned} pruned), {counts.failed} failed, "
+            f"{counts.running} running{best}"
+        )
+
+
+def finish(study: optuna.Study, settings: DictConfig, parent: RunTracker, study_dir: Path) -> dict:
+    """Leaderboard, plots, HParams table and the winner's test-set evaluation."""
+    table = leaderboard(study)
+    table_file = study_dir / "leaderboard.csv"
+    table.to_csv(table_file, index=False)
+    parent.log_artifact(table_file)
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(table.to_string(index=False, max_colwidth=48))
+    counts = count_trials(study)
+    parent.log_metrics(
+        {"trials_complete": counts.complete, "trials_pruned": counts.pruned, "trials_failed": counts.failed}
+    )
+    plots = study_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    log_plots(study, parent.client, parent.run_id, plots)
+    write_hparams_config(
+        study_dir / "tensorboard",
+        sorted({name for trial in study.trials for name in trial.params}),
+        ["accuracy/validation", "loss/validation", "accuracy/train", "loss/train"],
+    )
+    summary = {"study": settings.study.name, **counts.__dict__, "leaderboard": str(table_file)}
+    if counts.complete:
+        summary.update(evaluate_winner(study, parent.client, parent.run_id, study_dir))
+        print(
+            f"best: trial {summary['best_trial']} val_accuracy {summary['best_val_accuracy']:.4f}, "
+            f"test_accuracy {summary['best_trial_test_accuracy']:.4f} (run {summary['best_trial_run_id']})"
+        )
+    print(f"TensorBoard: tensorboard --logdir {study_dir / 'tensorboard'}")
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="sweep")
+@report_input_errors
+def main(cfg: DictConfig) -> float | None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    hydra_cfg = HydraConfig.get()
+    config_dir = next(
+        (s.path for s in hydra_cfg.runtime.config_sources if s.provider == "main"), str(CONFIG_DIR)
+    )
+    # Workers compose the same config: the task overrides and any extra config search path.
+    search_path = [o for o in hydra_cfg.overrides.hydra if o.startswith("hydra.searchpath=")]
+    overrides = [*search_path, *hydra_cfg.overrides.task]
+    summary = run_sweep(cfg, overrides, config_dir.removeprefix("file://"), hydra_cfg.job.config_name)
+    return summary.get("best_val_accuracy")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,127 @@
+"""A study worker process: `python -m study.worker SPEC.json`, started by `study.sweep`.
+
+It composes the sweep config from the same overrides as the driver, loads the Optuna study and
+runs trials one after another until the study has study.n_trials complete or pruned trials,
+the deadline passes, or too many trials failed. Its environment (GPU, CPU threads) is set by
+the driver before the interpreter starts, so the backend starts with it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import optuna
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+from study.config import checked_config, checked_sweep_config
+from study.objective import TrialObjective
+from study.pruners import build_pruner
+from study.samplers import build_sampler
+from study.search_space import Composer, SearchSpace
+from study.storage import count_trials, make_storage, max_failed_trials
+
+log = logging.getLogger("study.worker")
+
+POLL_SECONDS = 2.0
+
+
+@dataclass
+class WorkerSpec:
+    config_dir: str
+    config_name: str
+    overrides: list[str]
+    parent_run_id: str
+    worker_index: int = 0
+    deadline: float | None = None  # time.time() after which no new trial starts
+    cores: list[int] = field(default_factory=list)
+
+    def write(self, path: Path) -> Path:
+        path.write_text(json.dumps(asdict(self), indent=2))
+        return path
+
+    @classmethod
+    def read(cls, path: Path) -> WorkerSpec:
+        return cls(**json.loads(path.read_text()))
+
+
+def sweep_composer(config_dir: str, config_name: str, overrides: list[str]) -> Composer:
+    """compose(extra) -> the sweep config with the user's overrides, then `extra` (sampled)."""
+
+    def compose_with(extra: list[str]) -> DictConfig:
+        merged = merge_overrides(overrides, extra)
+        if GlobalHydra.instance().is_initialized():  # inside @hydra.main: its search path
+            return compose(config_name, overrides=merged)
+        with initialize_config_dir(config_dir, version_base="1.3"):
+            return compose(config_name, overrides=merged)
+
+    return compose_with
+
+
+def merge_overrides(base: list[str], extra: list[str]) -> list[str]:
+    """`extra` wins over `base` for the same key (a sampled value over a command-line one)."""
+    extra_keys = {override.split("=", 1)[0].lstrip("+~") for override in extra}
+    return [o for o in base if o.split("=", 1)[0].lstrip("+~") not in extra_keys] + extra
+
+
+def run_worker(spec: WorkerSpec) -> int:
+    if spec.cores and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, spec.cores)
+    compose_with = sweep_composer(spec.config_dir, spec.config_name, spec.overrides)
+    cfg = compose_with([])
+    settings, base = checked_sweep_config(cfg), checked_config(cfg)
+    space = SearchSpace(settings.search_space)
+    study = optuna.load_study(
+        study_name=settings.study.name,
+        storage=make_storage(settings.study, base.mlflow.tracking_uri),
+        sampler=build_sampler(settings.sampler, space, spec.worker_index),
+        pruner=build_pruner(settings.pruner),
+    )
+    objective = TrialObjective(
+        base, settings, compose_with, space, spec.parent_run_id, Path(settings.study.output_dir)
+    )
+    while True:
+        counts = count_trials(study)
+        if counts.done >= settings.study.n_trials:
+            return 0
+        if counts.failed >= max_failed_trials(settings):
+            log.error("stopping: %d trials failed (study.max_failed_trials)", counts.failed)
+            return 0
+        if spec.deadline is not None and time.time() >= spec.deadline:
+            return 0
+        if counts.done + counts.running >= settings.study.n_trials:
+            # The remaining trials run elsewhere; wait in case one fails or its worker dies.
+            optuna.storages.fail_stale_trials(study)
+            time.sleep(POLL_SECONDS)
+            continue
+        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+
+
+def interrupt_once(signum, frame) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    # Ctrl-C (SIGINT from the terminal) or SIGTERM from the driver: stop once, like Ctrl-C, so
+    # the trial is failed and its run ended KILLED; a second signal must not cut that short.
+    signal.signal(signal.SIGINT, interrupt_once)
+    signal.signal(signal.SIGTERM, interrupt_once)
+    try:
+        sys.exit(run_worker(WorkerSpec.read(Path(sys.argv[1]))))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

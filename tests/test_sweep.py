@@ -1,0 +1,303 @@
+"""Studies end to end: trials, pruning, failures, MLflow nesting, resume after SIGKILL, workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from study.config import ConfigError, checked_sweep_config
+from study.pruners import build_pruner
+from study.samplers import build_sampler
+from study.search_space import SearchSpace
+from study.sweep import run_sweep
+from tests.conftest import TINY_VALIDATION, compose_config
+
+# A small space the tiny data trains in a second per trial.
+TINY_SPACE = """\
+# Test space: two optimizers, a learning rate, and dropout for the MLP only.
+model: {type: categorical, choices: [softmax, mlp]}
+optimizer: {type: categorical, choices: [sgd, adam]}
+optimizer.learning_rate: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}
+model.dropout_rate: {type: float, low: 0.0, high: 0.5, when: {model: [mlp]}}
+"""
+
+
+@pytest.fixture
+def sweep_setup(tmp_path, tiny_idx_dir):
+    """Overrides for a tiny study whose stores all live in tmp_path."""
+    extra_conf = tmp_path / "conf"
+    (extra_conf / "search_space").mkdir(parents=True)
+    (extra_conf / "search_space" / "tiny.yaml").write_text(TINY_SPACE)
+    overrides = [
+        f"hydra.searchpath=[file://{extra_conf}]",
+        "search_space=tiny",
+        f"runs_dir={tmp_path / 'runs'}",
+        f"data.path={tiny_idx_dir}",
+        f"data.validation_size={TINY_VALIDATION}",
+        "model=mlp",
+        "trainer.epochs=2",
+        "trainer.batch_size=32",
+        "study.heartbeat_interval=1",
+    ]
+    return tmp_path, overrides
+
+
+def stores(tmp_path):
+    runs = tmp_path / "runs"
+    client = MlflowClient(tracking_uri=f"sqlite:///{runs}/mlflow.db")
+    return runs, client
+
+
+def load(tmp_path, name="default"):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'runs'}/optuna.db")
+
+
+def all_runs(client):
+    experiment = client.get_experiment_by_name("study")
+    return client.search_runs([experiment.experiment_id], max_results=1000)
+
+
+def test_tiny_study_tracks_prunes_fails_and_resumes(sweep_setup):
+    tmp_path, overrides = sweep_setup
+    overrides += ["pruner=threshold", "pruner.lower=0.2", "study.n_trials=3"]
+    storage = f"sqlite:///{tmp_path / 'runs'}/optuna.db"
+    (tmp_path / "runs").mkdir()
+    # Trials are taken in this order: one that diverges, one too slow to pass the threshold.
+    seeded = optuna.create_study(study_name="default", storage=storage, direction="maximize")
+    seeded.enqueue_trial(
+        {"model": "mlp", "optimizer": "sgd", "optimizer.learning_rate": 1e30, "model.dropout_rate": 0.0}
+    )
+    seeded.enqueue_trial({"model": "softmax", "optimizer": "sgd", "optimizer.learning_rate": 1e-7})
+    seeded.enqueue_trial(
+        {"model": "mlp", "optimizer": "adam", "optimizer.learning_rate": 0.01, "model.dropout_rate": 0.0}
+    )
+
+    summary = run_sweep(compose_config("sweep", overrides), overrides)
+
+    study = load(tmp_path)
+    states = [trial.state for trial in study.trials]
+    assert sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states) == 3
+    assert states[:3] == [TrialState.FAIL, TrialState.PRUNED, TrialState.COMPLETE]
+    assert "NonFiniteLossError: train_loss is nan" in study.trials[0].user_attrs["fail_reason"]
+
+    _, client = stores(tmp_path)
+    runs = all_runs(client)
+    parents = [run for run in runs if run.data.tags.get("study.role") == "parent"]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
+    children = {run.info.run_id: run for run in runs if run is not parent}
+    assert len(children) == len(study.trials)
+    expected_status = {
+        TrialState.COMPLETE: "FINISHED",
+        TrialState.PRUNED: "KILLED",
+        TrialState.FAIL: "FAILED",
+    }
+    for trial in study.trials:
+        child = children[trial.user_attrs["mlflow_run_id"]]
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.data.tags["optuna.trial.number"] == str(trial.number)
+        assert child.data.tags["optuna.trial.state"] == trial.state.name
+        assert child.info.status == expected_status[trial.state]
+    pruned = children[study.trials[1].user_attrs["mlflow_run_id"]]
+    assert [m.step for m in client.get_metric_history(pruned.info.run_id, "val_accuracy")] == [1]
+    assert pruned.data.tags["error"].startswith("TrialPruned: pruned after epoch 1")
+    failed = children[study.trials[0].user_attrs["mlflow_run_id"]]
+    assert failed.data.tags["error"].startswith("NonFiniteLossError")
+    assert not any(run.info.status == "RUNNING" for run in runs)
+
+    # The parent carries the summary: winner on the test set, leaderboard, plots, search space.
+    parent = client.get_run(parent.info.run_id)
+    assert parent.info.status == "FINISHED"
+    assert summary["best_trial"] == study.best_trial.number
+    assert parent.data.metrics["best_trial_test_accuracy"] == pytest.approx(
+        summary["best_trial_test_accuracy"]
+    )
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"leaderboard.csv", "search_space.yaml", "confusion_matrix.png", "plots"} <= artifacts
+    plots = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert {"optimization_history.png", "intermediate_values.png"} <= plots
+    study_dir = tmp_path / "runs" / "studies" / "default"
+    board = (study_dir / "leaderboard.csv").read_text().splitlines()
+    assert board[0].startswith("trial,state,val_accuracy,epochs,duration_s,mlflow_run_id")
+    assert len(board) == 1 + len(study.trials)
+
+    # TensorBoard: one folder per trial with its curves and its HParams session.
+    trial_dir = study_dir / "tensorboard" / "trial_0002"
+    events = EventAccumulator(str(trial_dir))
+    events.Reload()
+    assert len(events.Scalars("accuracy/validation")) == 2
+    assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+
+    # Running the command again with a larger budget resumes: same parent, one more trial.
+    more = [*overrides[:-1], "study.n_trials=4"]
+    run_sweep(compose_config("sweep", more), more)
+    study = load(tmp_path)
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) == 4
+    parents = [run for run in all_runs(client) if run.data.tags.get("study.role") == "parent"]
+    assert [run.info.run_id for run in parents] == [parent.info.run_id]
+    assert not any(run.info.status == "RUNNING" for run in all_runs(client))
+
+
+def test_malformed_search_space_fails_before_any_store(sweep_setup):
+    tmp_path, overrides = sweep_setup
+    bad = tmp_path / "conf" / "search_space" / "tiny.yaml"
+    learning_rate = "optimizer.learning_rate: {type: float"
+    cases = {
+        "model: {type: categorical, choices: [softmax, cnn2]}": "search_space.model: model='cnn2'",
+        f"{learning_rate}, low: 0.1, high: 0.01}}": "expected low <= high",
+        f"{learning_rate}, low: 0.0, high: 0.1, log: true}}": "expected > 0 with log",
+        "model.dropuot_rate: {type: float, low: 0.0, high: 0.5}": "search_space.model.dropuot_rate",
+        "model.dropout_rate: {type: float, low: 0.0, high: 1.5}": "model.dropout_rate: expected a number in",
+        "optimizer: {type: uniform, choices: [sgd]}": "search_space.optimizer.type: expected one of",
+    }
+    for text, expected in cases.items():
+        bad.write_text(text + "\n")
+        with pytest.raises(ConfigError) as caught:
+            run_sweep(compose_config("sweep", overrides), overrides)
+        assert expected in str(caught.value), text
+        assert "\n" not in str(caught.value)
+    assert not (tmp_path / "runs").exists()
+
+
+def sweep_command(overrides):
+    return [sys.executable, "-m", "study.sweep", *overrides]
+
+
+def wait_for(condition, timeout=120.0, interval=0.5):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("timed out waiting")
+
+
+def trial_states(tmp_path):
+    try:
+        return [trial.state for trial in load(tmp_path).trials]
+    except Exception:  # the study does not exist yet
+        return []
+
+
+def test_sigkill_mid_study_then_resume_finishes_exactly_n_trials(sweep_setup):
+    tmp_path, overrides = sweep_setup
+    overrides += ["study.n_trials=4", "pruner=none", "trainer.epochs=4"]
+    crashed = subprocess.Popen(
+        sweep_command(overrides),
+        cwd=tmp_path,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(
+            lambda: (
+                TrialState.COMPLETE in trial_states(tmp_path) and TrialState.RUNNING in trial_states(tmp_path)
+            )
+        )
+    finally:
+        os.killpg(crashed.pid, signal.SIGKILL)  # the whole machine goes down: driver and workers
+        crashed.wait()
+    killed = next(t for t in load(tmp_path).trials if t.state == TrialState.RUNNING)
+
+    resumed = subprocess.run(
+        sweep_command(overrides), cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    study = load(tmp_path)
+    numbers = [trial.number for trial in study.trials]
+    assert len(numbers) == len(set(numbers))
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) == 4
+    assert study.trials[killed.number].state == TrialState.FAIL
+    retries = [
+        t for t in study.trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed.number
+    ]
+    assert len(retries) == 1 and retries[0].params == killed.params
+    _, client = stores(tmp_path)
+    runs = all_runs(client)
+    assert not [run.info.run_id for run in runs if run.info.status == "RUNNING"]
+    killed_run = client.get_run(killed.user_attrs["mlflow_run_id"])
+    assert killed_run.info.status == "KILLED"
+    assert "heartbeats" in killed_run.data.tags["error"]
+    assert len([run for run in runs if run.data.tags.get("study.role") == "parent"]) == 1
+
+
+def test_two_workers_share_the_study(sweep_setup):
+    tmp_path, overrides = sweep_setup
+    overrides += ["study.n_trials=4", "study.n_workers=2", "pruner=none", "trainer.epochs=3"]
+    done = subprocess.run(sweep_command(overrides), cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    study = load(tmp_path)
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 4
+    assert len({t.number for t in study.trials}) == len(study.trials)
+    overlapping = any(
+        a.datetime_start < b.datetime_complete and b.datetime_start < a.datetime_complete
+        for a in finished
+        for b in finished
+        if a.number < b.number
+    )
+    assert overlapping, "two trials should have run at the same time"
+    logs = sorted(p.name for p in (tmp_path / "runs" / "studies" / "default" / "logs").glob("*.log"))
+    assert logs == ["worker_0.log", "worker_1.log"]
+    _, client = stores(tmp_path)
+    assert not any(run.info.status == "RUNNING" for run in all_runs(client))
+
+
+def test_ctrl_c_leaves_no_run_running(sweep_setup):
+    tmp_path, overrides = sweep_setup
+    overrides += ["study.n_trials=50", "pruner=none", "trainer.epochs=20"]
+    interrupted = subprocess.Popen(
+        sweep_command(overrides),
+        cwd=tmp_path,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: TrialState.RUNNING in trial_states(tmp_path))
+    time.sleep(2)  # well inside the trial's training
+    os.killpg(interrupted.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    interrupted.wait(timeout=120)
+    assert interrupted.returncode != 0
+    _, client = stores(tmp_path)
+    runs = all_runs(client)
+    assert runs and not [run.info.run_id for run in runs if run.info.status == "RUNNING"]
+    assert TrialState.RUNNING not in trial_states(tmp_path)
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "grid", "cmaes", "gp"])
+@pytest.mark.parametrize("pruner", ["median", "hyperband", "successive_halving", "threshold", "none"])
+def test_every_sampler_and_pruner_composes_and_builds(sampler, pruner, tmp_path):
+    cfg = compose_config("sweep", [f"sampler={sampler}", f"pruner={pruner}", "search_space=cnn_only"])
+    settings = checked_sweep_config(cfg)
+    space = SearchSpace(settings.search_space)
+    build_pruner(settings.pruner)
+    if sampler == "grid":
+        with pytest.raises(ConfigError, match="sampler=grid needs choices or a step"):
+            build_sampler(settings.sampler, space)
+    elif sampler == "gp" and not _has_torch():
+        with pytest.raises(ConfigError, match="sampler=gp: needs PyTorch"):
+            build_sampler(settings.sampler, space)
+    else:
+        build_sampler(settings.sampler, space)
+
+
+def _has_torch() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
