@@ -46,6 +46,11 @@ class Entry:
             )
         return optuna.distributions.FloatDistribution(spec.low, spec.high, log=spec.log, step=spec.step)
 
+    def contains(self, value: Any) -> bool:
+        if self.spec.type == "categorical":
+            return value in list(self.spec.choices)
+        return isinstance(value, int | float) and self.spec.low <= value <= self.spec.high
+
     def grid_values(self) -> list[Any]:
         """Every value this entry takes on a grid (sampler=grid)."""
         spec = self.spec
@@ -95,15 +100,15 @@ class SearchSpace:
         Catches unknown keys, wrong types, out-of-range values and unknown group options,
         naming the search-space entry.
         """
+        # Searched groups take a value their entries allow; `when` picks the one an entry needs.
+        searched_groups = {e.target: e.spec.choices[0] for e in self.entries if e.is_group}
         for entry in self.entries:
-            probes = (
-                entry.grid_values() if entry.spec.type == "categorical" else [entry.spec.low, entry.spec.high]
-            )
-            conditions = [
-                f"{key}={as_override_value(values[0])}" for key, values in (entry.spec.when or {}).items()
-            ]
+            spec = entry.spec
+            probes = entry.grid_values() if spec.type == "categorical" else [spec.low, spec.high]
+            setting = {**searched_groups, **{key: values[0] for key, values in (spec.when or {}).items()}}
+            setting.pop(entry.target, None)
             for value in probes:
-                overrides = [*conditions, f"{entry.target}={as_override_value(value)}"]
+                overrides = [*as_overrides(setting), f"{entry.target}={as_override_value(value)}"]
                 try:
                     checked_config(compose(overrides))
                 except Exception as error:
@@ -139,8 +144,9 @@ class SearchSpace:
             if not self._conditions_hold(entry, chosen, base):
                 continue
             value = config_value(base, entry.target)
-            params[entry.name] = value
             chosen[entry.target] = value
+            if entry.contains(value):  # a base value outside the range is left to the sampler
+                params[entry.name] = value
         return params
 
     def grid(self) -> dict[str, list[Any]]:

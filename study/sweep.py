@@ -79,7 +79,8 @@ def run_sweep(
     deadline = time.time() + settings.study.timeout if settings.study.timeout else None
     spec = WorkerSpec(str(config_dir), config_name, overrides, parent.run_id, deadline=deadline)
     try:
-        WorkerPool(settings, spec, study_dir).run(study)
+        if count_trials(study).done < settings.study.n_trials:
+            WorkerPool(settings, spec, study_dir).run(study)
         summary = finish(study, settings, parent, study_dir)
     except BaseException as error:
         parent.end("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED", error)
@@ -168,6 +169,7 @@ class WorkerPool:
             env=worker.env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
+            preexec_fn=terminate_with_parent,
         )
         log_file.close()
 
@@ -207,6 +209,16 @@ class WorkerPool:
 
     def _log(self, worker: Worker) -> Path:
         return self.logs / f"worker_{worker.index}.log"
+
+
+def terminate_with_parent() -> None:
+    """In a new worker: get SIGTERM when the driver dies, even by SIGKILL (Linux), so no worker
+    trains on as an orphan; it ends its trial and run cleanly instead."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def worker_slots(study_cfg: DictConfig) -> list[tuple[dict[str, str], list[int]]]:

@@ -185,6 +185,17 @@ def wait_for(condition, timeout=120.0, interval=0.5):
     raise AssertionError("timed out waiting")
 
 
+def start_in_own_session(overrides, tmp_path) -> subprocess.Popen:
+    """A sweep in its own process group, so a test can signal driver and workers together."""
+    return subprocess.Popen(
+        sweep_command(overrides),
+        cwd=tmp_path,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def trial_states(tmp_path):
     try:
         return [trial.state for trial in load(tmp_path).trials]
@@ -195,13 +206,7 @@ def trial_states(tmp_path):
 def test_sigkill_mid_study_then_resume_finishes_exactly_n_trials(sweep_setup):
     tmp_path, overrides = sweep_setup
     overrides += ["study.n_trials=4", "pruner=none", "trainer.epochs=4"]
-    crashed = subprocess.Popen(
-        sweep_command(overrides),
-        cwd=tmp_path,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    crashed = start_in_own_session(overrides, tmp_path)
     try:
         wait_for(
             lambda: (
@@ -261,14 +266,7 @@ def test_two_workers_share_the_study(sweep_setup):
 def test_ctrl_c_leaves_no_run_running(sweep_setup):
     tmp_path, overrides = sweep_setup
     overrides += ["study.n_trials=50", "pruner=none", "trainer.epochs=20"]
-    interrupted = subprocess.Popen(
-        sweep_command(overrides),
-        cwd=tmp_path,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    interrupted = start_in_own_session(overrides, tmp_path)
     wait_for(lambda: TrialState.RUNNING in trial_states(tmp_path))
     time.sleep(2)  # well inside the trial's training
     os.killpg(interrupted.pid, signal.SIGINT)  # what Ctrl-C in a terminal does

@@ -1,0 +1,93 @@
+"""The search space: structure checks, conditional sampling, baseline values, overrides."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from omegaconf import OmegaConf
+
+from study.config import ConfigError, ParamSpec, checked_config, checked_sweep_config
+from study.search_space import SearchSpace, as_override_value, as_overrides
+from tests.conftest import compose_config
+
+
+def space(entries: dict) -> SearchSpace:
+    typed = {name: OmegaConf.merge(OmegaConf.structured(ParamSpec), spec) for name, spec in entries.items()}
+    return SearchSpace(typed)
+
+
+def default_space_and_base():
+    cfg = compose_config("sweep", [])
+    return SearchSpace(checked_sweep_config(cfg).search_space), checked_config(cfg)
+
+
+def test_conditional_entries_follow_the_sampled_group():
+    search, base = default_space_and_base()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(40):
+        trial = study.ask()
+        sampled = search.sample(trial, base)
+        seen.add((sampled["model"], sampled["optimizer"]))
+        assert ("model.dropout_rate" in sampled) == (sampled["model"] in ("mlp", "cnn"))
+        low, high = (1e-3, 1.0) if sampled["optimizer"] == "sgd" else (1e-4, 1e-2)
+        assert low <= sampled["optimizer.learning_rate"] <= high
+        assert ("sgd_learning_rate" in trial.params) == (sampled["optimizer"] == "sgd")
+        study.tell(trial, 0.5)
+    assert len(seen) == 9  # every model with every optimizer
+
+
+def test_base_values_make_the_baseline_trial():
+    search, base = default_space_and_base()
+    assert search.base_values(base) == {
+        "model": "cnn",
+        "optimizer": "adam",
+        "adaptive_learning_rate": 0.001,
+        "model.dropout_rate": 0.5,
+    }
+
+
+def test_sampled_values_become_hydra_overrides():
+    assert as_overrides({"model": "cnn", "optimizer.learning_rate": 1e-05, "model.dense_units": 512}) == [
+        "model=cnn",
+        "optimizer.learning_rate=1e-05",
+        "model.dense_units=512",
+    ]
+    assert as_override_value(True) == "true"
+    assert as_override_value("has space") == "'has space'"
+    cfg = compose_config("train", as_overrides({"model": "mlp", "model.dropout_rate": 0.25}))
+    assert cfg.model.dropout_rate == 0.25
+
+
+@pytest.mark.parametrize(
+    ("entries", "expected"),
+    [
+        ({"model": {"type": "categorical", "choices": []}}, "model.choices: expected a non-empty"),
+        ({"x": {"type": "float", "low": 1.0}}, "search_space.x: a float entry needs low and high"),
+        ({"x": {"type": "int", "low": 1, "high": 9, "step": 0}}, "search_space.x.step: expected > 0"),
+        ({"model": {"type": "float", "low": 0, "high": 1}}, "search_space.model: a config group (model) is"),
+        (
+            {
+                "model.dropout_rate": {"type": "float", "low": 0, "high": 0.5, "when": {"model": ["cnn"]}},
+                "model": {"type": "categorical", "choices": ["cnn"]},
+            },
+            "search_space.model.dropout_rate.when: model is searched after this entry",
+        ),
+    ],
+)
+def test_malformed_entries_are_named(entries, expected):
+    with pytest.raises(ConfigError) as caught:
+        space(entries)
+    assert expected in str(caught.value)
+
+
+def test_grid_needs_discrete_values():
+    search = space(
+        {
+            "model.dense_units": {"type": "int", "low": 256, "high": 1024, "step": 256},
+            "optimizer.learning_rate": {"type": "float", "low": 0.1, "high": 0.3, "step": 0.1},
+        }
+    )
+    grid = search.grid()
+    assert grid["model.dense_units"] == [256, 512, 768, 1024]
+    assert grid["optimizer.learning_rate"] == pytest.approx([0.1, 0.2, 0.3])
