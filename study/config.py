@@ -114,6 +114,7 @@ class MlflowConfig:
     # Where a new experiment keeps its artifacts; ignored when the experiment exists.
     artifact_location: str = "${runs_dir}/mlartifacts"
     run_name: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)  # extra run tags: +mlflow.tags.team=vision
 
 
 @dataclass

@@ -59,13 +59,33 @@ class Dataset:
 def load_dataset(data_cfg: DictConfig, seed: int) -> Dataset:
     """The data set a config names, split with `seed`; cached per process."""
     return _load_dataset(
-        data_cfg.name, data_cfg.path, data_cfg.validation_size, data_cfg.max_train_samples, seed
+        data_cfg.name,
+        data_cfg.path,
+        data_cfg.validation_size,
+        data_cfg.max_train_samples,
+        seed,
+        _files_fingerprint(data_cfg.path),
+    )
+
+
+def _files_fingerprint(path: str | None) -> tuple:
+    """Size and modification time of local data files: a changed file is read again."""
+    if path is None or not Path(path).exists():
+        return ()
+    files = [Path(path)] if Path(path).is_file() else sorted(Path(path).iterdir())
+    return tuple(
+        (file.name, file.stat().st_size, file.stat().st_mtime_ns) for file in files if file.is_file()
     )
 
 
 @functools.lru_cache(maxsize=2)
 def _load_dataset(
-    name: str, path: str | None, validation_size: int, max_train_samples: int | None, seed: int
+    name: str,
+    path: str | None,
+    validation_size: int,
+    max_train_samples: int | None,
+    seed: int,
+    fingerprint: tuple,
 ) -> Dataset:
     raw, source = _read_raw(name, path)
     x_train, y_train, x_val, y_val = _split_validation(raw["x_train"], raw["y_train"], validation_size, seed)

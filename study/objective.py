@@ -84,6 +84,7 @@ class TrialObjective:
 
     def _tags(self, trial: optuna.Trial, frozen: FrozenTrial) -> dict[str, str]:
         tags = {
+            **self.base.mlflow.tags,
             "study.name": self.settings.study.name,
             "optuna.study_name": trial.study.study_name,
             "optuna.trial.number": str(trial.number),

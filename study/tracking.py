@@ -33,6 +33,8 @@ MAX_PARAM_LENGTH = 6000
 MAX_TAG_LENGTH = 5000
 LOCAL_STORE_SCHEMES = ("sqlite:", "file:")
 PACKAGE_DIR = Path(__file__).resolve().parent
+# The MLflow UI opens an experiment of this kind on its model-training view (runs, metrics).
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -55,6 +57,7 @@ def get_or_create_experiment(client: MlflowClient, mlflow_cfg: DictConfig) -> st
         return client.create_experiment(
             mlflow_cfg.experiment_name,
             artifact_location=_artifact_location(mlflow_cfg),
+            tags=EXPERIMENT_TAGS,
         )
     except MlflowException as error:
         # Another process created it between our look-up and our create.

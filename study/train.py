@@ -66,7 +66,7 @@ def train(
         tracker = (
             RunTracker.resume(cfg.mlflow, run_id)
             if run_id
-            else RunTracker.start(cfg.mlflow, run_name=cfg.mlflow.run_name)
+            else RunTracker.start(cfg.mlflow, run_name=cfg.mlflow.run_name, tags=cfg.mlflow.tags)
         )
         with tracker:
             log_run_description(tracker, cfg, dataset)

@@ -54,7 +54,7 @@ TINY_MODEL_OVERRIDES = {
 def make_config(tmp_path, tiny_idx_dir) -> Callable[..., DictConfig]:
     """Compose the train config as a user would, pointed at tiny data and a store in tmp_path."""
 
-    def make(*overrides: str, model: str = "cnn", config_name: str = "train") -> DictConfig:
+    def make(*overrides: str, model: str | None = "cnn", config_name: str = "train") -> DictConfig:
         base = [
             f"runs_dir={tmp_path / 'runs'}",
             f"data.path={tiny_idx_dir}",
@@ -62,7 +62,7 @@ def make_config(tmp_path, tiny_idx_dir) -> Callable[..., DictConfig]:
             "trainer.epochs=2",
             "trainer.batch_size=32",
             "trainer.verbose=0",
-            *TINY_MODEL_OVERRIDES[model],
+            *(TINY_MODEL_OVERRIDES[model] if model else []),  # None: the config's own model
         ]
         return compose_config(config_name, [*base, *overrides])
 
@@ -81,3 +81,33 @@ def mnist_dir() -> Path:
     if not folder:
         pytest.skip("set STUDY_MNIST_DIR to a folder with the four MNIST IDX .gz files")
     return Path(folder)
+
+
+# A small space the tiny data trains in a second per trial.
+TINY_SPACE = """\
+# Test space: two optimizers, a learning rate, and dropout for the MLP only.
+model: {type: categorical, choices: [softmax, mlp]}
+optimizer: {type: categorical, choices: [sgd, adam]}
+optimizer.learning_rate: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}
+model.dropout_rate: {type: float, low: 0.0, high: 0.5, when: {model: [mlp]}}
+"""
+
+
+@pytest.fixture
+def sweep_setup(tmp_path, tiny_idx_dir):
+    """Overrides for a tiny study whose stores all live in tmp_path."""
+    extra_conf = tmp_path / "conf"
+    (extra_conf / "search_space").mkdir(parents=True)
+    (extra_conf / "search_space" / "tiny.yaml").write_text(TINY_SPACE)
+    overrides = [
+        f"hydra.searchpath=[file://{extra_conf}]",
+        "search_space=tiny",
+        f"runs_dir={tmp_path / 'runs'}",
+        f"data.path={tiny_idx_dir}",
+        f"data.validation_size={TINY_VALIDATION}",
+        "model=mlp",
+        "trainer.epochs=2",
+        "trainer.batch_size=32",
+        "study.heartbeat_interval=1",
+    ]
+    return tmp_path, overrides

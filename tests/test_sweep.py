@@ -10,47 +10,20 @@ import time
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from study import report, reproduce
 from study.config import ConfigError, checked_sweep_config
 from study.pruners import build_pruner
 from study.samplers import build_sampler
 from study.search_space import SearchSpace
 from study.sweep import run_sweep
-from tests.conftest import TINY_VALIDATION, compose_config
-
-# A small space the tiny data trains in a second per trial.
-TINY_SPACE = """\
-# Test space: two optimizers, a learning rate, and dropout for the MLP only.
-model: {type: categorical, choices: [softmax, mlp]}
-optimizer: {type: categorical, choices: [sgd, adam]}
-optimizer.learning_rate: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}
-model.dropout_rate: {type: float, low: 0.0, high: 0.5, when: {model: [mlp]}}
-"""
-
-
-@pytest.fixture
-def sweep_setup(tmp_path, tiny_idx_dir):
-    """Overrides for a tiny study whose stores all live in tmp_path."""
-    extra_conf = tmp_path / "conf"
-    (extra_conf / "search_space").mkdir(parents=True)
-    (extra_conf / "search_space" / "tiny.yaml").write_text(TINY_SPACE)
-    overrides = [
-        f"hydra.searchpath=[file://{extra_conf}]",
-        "search_space=tiny",
-        f"runs_dir={tmp_path / 'runs'}",
-        f"data.path={tiny_idx_dir}",
-        f"data.validation_size={TINY_VALIDATION}",
-        "model=mlp",
-        "trainer.epochs=2",
-        "trainer.batch_size=32",
-        "study.heartbeat_interval=1",
-    ]
-    return tmp_path, overrides
+from tests.conftest import compose_config
 
 
 def stores(tmp_path):
@@ -148,6 +121,37 @@ def test_tiny_study_tracks_prunes_fails_and_resumes(sweep_setup):
     parents = [run for run in all_runs(client) if run.data.tags.get("study.role") == "parent"]
     assert [run.info.run_id for run in parents] == [parent.info.run_id]
     assert not any(run.info.status == "RUNNING" for run in all_runs(client))
+
+    # The winning trial reproduces from its run id alone.
+    uri = f"sqlite:///{tmp_path / 'runs'}/mlflow.db"
+    winner = study.best_trial.user_attrs["mlflow_run_id"]
+    assert reproduce.main([winner, "--tracking-uri", uri]) == 0
+
+    # study.report: the study's leaderboard, then beside a second study.
+    reports = tmp_path / "reports"
+    assert (
+        report.main(["--study", "default", "--tracking-uri", uri, "--output-dir", str(reports), "--markdown"])
+        == 0
+    )
+    board = pd.read_csv(reports / "default.csv")
+    tracked = [t for t in study.trials if "mlflow_run_id" in t.user_attrs]
+    assert sorted(board["trial"]) == sorted(t.number for t in tracked)
+    assert dict(zip(board["trial"], board["state"], strict=True)) == {t.number: t.state.name for t in tracked}
+    assert board.loc[board["run_id"] == winner, "test_accuracy"].notna().all()
+    assert board["test_accuracy"].notna().sum() == 1  # only the winner met the test set
+    assert (reports / "default.md").read_text().startswith("| study ")
+    other = [*overrides[:-1], "study.n_trials=1", "study.name=other"]
+    run_sweep(compose_config("sweep", other), other)
+    assert (
+        report.main(
+            ["--study", "default", "--study", "other", "--tracking-uri", uri, "--output-dir", str(reports)]
+        )
+        == 0
+    )
+    both = pd.read_csv(reports / "default_vs_other.csv")
+    assert set(both["study"]) == {"default", "other"}
+    assert report.main(["--experiment", "study", "--tracking-uri", uri, "--output-dir", str(reports)]) == 0
+    assert len(pd.read_csv(reports / "study.csv")) == len(all_runs(client))
 
 
 def test_malformed_search_space_fails_before_any_store(sweep_setup):
