@@ -32,7 +32,7 @@ from study.samplers import build_sampler
 from study.search_space import SearchSpace
 from study.storage import TrialCounts, count_trials, make_storage, max_failed_trials
 from study.tensorboard import write_hparams_config
-from study.tracking import RunTracker, flatten
+from study.tracking import RunTracker, flatten, write_masked
 from study.worker import WorkerSpec, sweep_composer
 
 log = logging.getLogger(__name__)
@@ -100,23 +100,40 @@ def parent_run(
     tracker = RunTracker.start(
         base.mlflow,
         run_name=settings.study.name,
-        tags={
-            "study.name": settings.study.name,
-            "study.role": "parent",
-            "optuna.study_name": study.study_name,
-        },
+        tags={**base.mlflow.tags, **parent_tags(settings.study.name), "optuna.study_name": study.study_name},
     )
+    # Drivers on several machines may start the same study at once. Each looks for the
+    # study's parent runs after creating its own: the earliest wins, the others delete theirs.
+    # A later creator always sees the earlier run, so every driver picks the same one.
+    winner = earliest_parent_run(tracker, settings.study.name)
+    if winner != tracker.run_id:
+        tracker.client.delete_run(tracker.run_id)
+        log.info("study %s: joining parent run %s created by another driver", settings.study.name, winner)
+        return RunTracker.resume(base.mlflow, winner)
     study.set_user_attr(PARENT_RUN_ATTR, tracker.run_id)
     study_settings = OmegaConf.to_container(settings)
     study_settings.pop("search_space")
     tracker.log_params(flatten(study_settings))
-    space_file = study_dir / "search_space.yaml"
-    space_file.write_text(OmegaConf.to_yaml(settings.search_space))
-    tracker.log_artifact(space_file)
-    config_file = study_dir / "sweep_config.yaml"
-    config_file.write_text(OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True)))
-    tracker.log_artifact(config_file)
+    tracker.log_artifact(
+        write_masked(study_dir / "search_space.yaml", OmegaConf.to_yaml(settings.search_space))
+    )
+    resolved = OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True))
+    tracker.log_artifact(write_masked(study_dir / "sweep_config.yaml", resolved))
     return tracker
+
+
+def parent_tags(study_name: str) -> dict[str, str]:
+    return {"study.name": study_name, "study.role": "parent"}
+
+
+def earliest_parent_run(tracker: RunTracker, study_name: str) -> str:
+    experiment_id = tracker.client.get_run(tracker.run_id).info.experiment_id
+    filters = " and ".join(f"tags.`{key}` = '{value}'" for key, value in parent_tags(study_name).items())
+    runs = tracker.client.search_runs(
+        [experiment_id], filter_string=filters, order_by=["attributes.start_time ASC"], max_results=50
+    )
+    earliest = min(runs, key=lambda run: (run.info.start_time, run.info.run_id))
+    return earliest.info.run_id
 
 
 @dataclass

@@ -8,6 +8,7 @@ study, and several runs in one process, never mix. Metrics go out batched and as
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,21 @@ LOCAL_STORE_SCHEMES = ("sqlite:", "file:")
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The MLflow UI opens an experiment of this kind on its model-training view (runs, metrics).
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
+# scheme://user:password@host -> scheme://user:***@host; ?password=... and the like too.
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^:/@\s]*:)([^@\s]+)(@)")
+_QUERY_SECRET = re.compile(r"((?:password|passwd|pwd|token|secret|access_key|secret_key)=)([^&\s]+)", re.I)
+
+
+def mask_secrets(text: str) -> str:
+    """Hide credentials in URLs before anything is logged, written as an artifact or printed."""
+    return _QUERY_SECRET.sub(r"\1***", _URL_PASSWORD.sub(r"\1***\3", text))
+
+
+def write_masked(path: Path, text: str) -> Path:
+    path.write_text(mask_secrets(text))
+    return path
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -105,8 +121,14 @@ class RunTracker:
             run_tags[MLFLOW_GIT_COMMIT] = commit
         if parent_run_id:
             run_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-        run = client.create_run(experiment_id, tags=run_tags, run_name=run_name)
-        log.info("MLflow run %s (%s) in %s", run.info.run_id, run.info.run_name, mlflow_cfg.tracking_uri)
+        masked = {key: mask_secrets(str(value))[:MAX_TAG_LENGTH] for key, value in run_tags.items()}
+        run = client.create_run(experiment_id, tags=masked, run_name=run_name)
+        log.info(
+            "MLflow run %s (%s) in %s",
+            run.info.run_id,
+            run.info.run_name,
+            mask_secrets(mlflow_cfg.tracking_uri),
+        )
         return cls(client, run.info.run_id)
 
     @classmethod
@@ -117,12 +139,12 @@ class RunTracker:
         return cls(client, run_id)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        entries = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in params.items()]
+        entries = [Param(key, mask_secrets(str(value))[:MAX_PARAM_LENGTH]) for key, value in params.items()]
         for chunk in _chunks(entries, MAX_PARAMS_PER_BATCH):
             self.client.log_batch(self.run_id, params=chunk)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        entries = [RunTag(key, str(value)[:MAX_TAG_LENGTH]) for key, value in tags.items()]
+        entries = [RunTag(key, mask_secrets(str(value))[:MAX_TAG_LENGTH]) for key, value in tags.items()]
         for chunk in _chunks(entries, MAX_TAGS_PER_BATCH):
             self.client.log_batch(self.run_id, tags=chunk)
 
@@ -151,7 +173,7 @@ class RunTracker:
             self.flush()
         finally:
             if error is not None:
-                self.set_tags({"error": f"{type(error).__name__}: {error}"})
+                self.set_tags({"error": f"{type(error).__name__}: {error}"})  # masked there
             self.client.set_terminated(self.run_id, status=status)
 
     def __enter__(self) -> RunTracker:
@@ -176,7 +198,7 @@ def end_run_if_running(client: MlflowClient, run_id: str, error: BaseException |
         return
     status = terminal_status(error) if isinstance(error, BaseException) else "KILLED"
     message = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error
-    client.set_tag(run_id, "error", message[:MAX_TAG_LENGTH])
+    client.set_tag(run_id, "error", mask_secrets(message)[:MAX_TAG_LENGTH])
     client.set_terminated(run_id, status=status)
 
 

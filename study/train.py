@@ -27,7 +27,7 @@ from study.data import Dataset, load_dataset
 from study.models import build_model
 from study.optimizers import build_optimizer
 from study.tensorboard import ScalarWriter
-from study.tracking import RunTracker, flatten
+from study.tracking import RunTracker, flatten, write_masked
 
 log = logging.getLogger(__name__)
 
@@ -188,8 +188,7 @@ def summarize(
 def write_replay_config(cfg: DictConfig, path: Path) -> Path:
     """The resolved config as the primary config of a replay (`--config-name config`)."""
     body = OmegaConf.to_yaml({**OmegaConf.to_container(cfg), **REPLAY_HYDRA_BLOCK})
-    path.write_text(REPLAY_HEADER + body)
-    return path
+    return write_masked(path, REPLAY_HEADER + body)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

@@ -45,6 +45,9 @@ class WorkerSpec:
     cores: list[int] = field(default_factory=list)
 
     def write(self, path: Path) -> Path:
+        # Overrides may hold storage or tracking credentials: readable by the owner only.
+        path.touch(mode=0o600)
+        path.chmod(0o600)
         path.write_text(json.dumps(asdict(self), indent=2))
         return path
 
