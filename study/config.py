@@ -10,6 +10,7 @@ that types cannot express.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -364,7 +365,18 @@ def checked_sweep_config(cfg: DictConfig) -> DictConfig:
             study.heartbeat_interval,
         ),
         ("study.max_retry", study.max_retry >= 0, "an integer >= 0", study.max_retry),
-        ("study.name", bool(study.name.strip()), "a non-empty name", study.name),
+        (
+            "study.name",
+            re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", study.name) is not None,
+            "letters, digits, '_', '.' and '-'",
+            study.name,
+        ),
+        (
+            "study.max_failed_trials",
+            study.max_failed_trials is None or study.max_failed_trials >= 1,
+            "null or an integer >= 1",
+            study.max_failed_trials,
+        ),
     ]
     for key, is_valid, expected, value in checks:
         if not is_valid:
@@ -411,7 +423,9 @@ def _check_values(cfg: DictConfig) -> None:
         if key in cfg.model:
             checks.append((f"model.{key}", cfg.model[key], lambda v: v >= 1, "an integer >= 1"))
     if "momentum" in cfg.optimizer:
-        checks.append(("optimizer.momentum", cfg.optimizer.momentum, lambda v: v >= 0, "a number >= 0"))
+        checks.append(
+            ("optimizer.momentum", cfg.optimizer.momentum, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+        )
     for key, value, is_valid, expected in checks:
         if not is_valid(value):
             raise ConfigError(f"{key}: expected {expected}, got {value!r}")

@@ -12,15 +12,20 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from study.search_space import Composer, SearchSpace, as_overrides
-from study.storage import MLFLOW_RUN_ATTR
+from study.storage import (
+    FAIL_REASON_ATTR,
+    MLFLOW_RUN_ATTR,
+    NOT_NEEDED_ATTR,
+    WORKER_ATTR,
+    worker_identity,
+)
 from study.tensorboard import write_hparams
-from study.tracking import RunTracker, end_run_if_running
+from study.tracking import RunTracker, end_run_if_running, mask_secrets
 from study.train import train
 
 log = logging.getLogger(__name__)
 
 STATE_TAG = "optuna.trial.state"
-FAIL_REASON_ATTR = "fail_reason"
 
 
 class SurplusTrialError(RuntimeError):
@@ -51,6 +56,7 @@ class TrialObjective:
         self._refuse_surplus(trial, trials)
         sampled = self.space.sample(trial, self.base)
         frozen = next(other for other in trials if other.number == trial.number)
+        trial.set_user_attr(WORKER_ATTR, worker_identity())
         tracker = RunTracker.start(
             self.base.mlflow,
             run_name=f"{self.settings.study.name}-trial-{trial.number:04d}",
@@ -58,10 +64,10 @@ class TrialObjective:
             parent_run_id=self.parent_run_id,
         )
         run_id = tracker.run_id
-        trial.set_user_attr(MLFLOW_RUN_ATTR, run_id)
-        logdir = self.study_dir / "tensorboard" / f"trial_{trial.number:04d}"
-        write_hparams(logdir, trial.params, trial_id=f"trial_{trial.number:04d}")
         try:
+            trial.set_user_attr(MLFLOW_RUN_ATTR, run_id)  # first: cleanup after a crash needs it
+            logdir = self.study_dir / "tensorboard" / f"trial_{trial.number:04d}"
+            write_hparams(logdir, trial.params, trial_id=f"trial_{trial.number:04d}")
             cfg = self.compose(as_overrides(sampled))
             keras.backend.clear_session()  # each trial builds its model in a fresh graph
             metrics = train(
@@ -75,7 +81,7 @@ class TrialObjective:
             tracker.client.set_tag(run_id, STATE_TAG, TrialState.PRUNED.name)
             raise
         except BaseException as error:
-            trial.set_user_attr(FAIL_REASON_ATTR, f"{type(error).__name__}: {error}"[:1000])
+            trial.set_user_attr(FAIL_REASON_ATTR, mask_secrets(f"{type(error).__name__}: {error}")[:1000])
             tracker.client.set_tag(run_id, STATE_TAG, TrialState.FAIL.name)
             end_run_if_running(tracker.client, run_id, error)  # errors before train's own handling
             raise
@@ -105,6 +111,7 @@ class TrialObjective:
             elif other.state == TrialState.RUNNING and other.number < trial.number:
                 earlier_active += 1
         if done + earlier_active >= self.settings.study.n_trials:
+            trial.set_user_attr(NOT_NEEDED_ATTR, True)  # not a failure of the config
             raise SurplusTrialError(
                 f"not needed: {done} trials done and {earlier_active} running reach study.n_trials"
             )

@@ -22,6 +22,7 @@ import pandas as pd
 
 from study.reproduce import DEFAULT_TRACKING_URI
 from study.storage import MLFLOW_RUN_ATTR
+from study.tracking import mask_secrets
 
 RUN_COLUMNS = {
     "tags.mlflow.runName": "run_name",
@@ -129,8 +130,10 @@ def find_parent(name: str) -> pd.Series:
         output_format="pandas",
     )
     if parents.empty:
-        raise ReportError(f"--study {name}: no study of that name in {mlflow.get_tracking_uri()}")
-    return parents.iloc[0]
+        raise ReportError(
+            f"--study {name}: no study of that name in {mask_secrets(mlflow.get_tracking_uri())}"
+        )
+    return parents.iloc[0]  # the newest, when a name was reused with a new storage
 
 
 def optuna_trials(name: str, storage: str | None) -> pd.DataFrame:
@@ -140,7 +143,13 @@ def optuna_trials(name: str, storage: str | None) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     try:
         study = optuna.load_study(study_name=name, storage=storage)
-    except Exception:  # storage gone or moved: MLflow alone still gives a leaderboard
+    except Exception as error:  # storage gone, moved or masked: MLflow alone still gives a table
+        hint = " (its password is masked in MLflow: pass --storage)" if "***" in storage else ""
+        print(
+            f"study.report: warning: Optuna study {name} not loaded from {mask_secrets(storage)}{hint}: "
+            f"{type(error).__name__}; states and values come from MLflow",
+            file=sys.stderr,
+        )
         return pd.DataFrame(columns=columns)
     rows = []
     for trial in study.get_trials(deepcopy=False):

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from study.backend import package_versions
 from study.config import ConfigError, checked_config
 from study.data import load_dataset
-from study.tracking import RunTracker
+from study.tracking import RunTracker, mask_secrets
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         original = client.get_run(args.run_id)
     except MlflowException as error:
-        return refuse(f"run {args.run_id}: not found in {args.tracking_uri} ({error.message})")
+        return refuse(f"run {args.run_id}: not found in {mask_secrets(args.tracking_uri)} ({error.message})")
     with tempfile.TemporaryDirectory(prefix="study-reproduce-") as scratch:
         try:
             config_file = Path(client.download_artifacts(args.run_id, "config.yaml", scratch))

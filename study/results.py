@@ -19,8 +19,7 @@ from sklearn.metrics import ConfusionMatrixDisplay
 
 from study.config import checked_config
 from study.data import load_dataset
-from study.objective import FAIL_REASON_ATTR
-from study.storage import MLFLOW_RUN_ATTR
+from study.storage import FAIL_REASON_ATTR, MLFLOW_RUN_ATTR
 from study.tracking import RunTracker
 
 log = logging.getLogger(__name__)

@@ -8,6 +8,7 @@ hold for the values sampled so far (or, for keys not searched, for the base conf
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -100,22 +101,31 @@ class SearchSpace:
         Catches unknown keys, wrong types, out-of-range values and unknown group options,
         naming the search-space entry.
         """
-        # Searched groups take a value their entries allow; `when` picks the one an entry needs.
-        searched_groups = {e.target: e.spec.choices[0] for e in self.entries if e.is_group}
+        groups = {e.target: list(e.spec.choices) for e in self.entries if e.is_group}
         for entry in self.entries:
             spec = entry.spec
             probes = entry.grid_values() if spec.type == "categorical" else [spec.low, spec.high]
-            setting = {**searched_groups, **{key: values[0] for key, values in (spec.when or {}).items()}}
-            setting.pop(entry.target, None)
-            for value in probes:
-                overrides = [*as_overrides(setting), f"{entry.target}={as_override_value(value)}"]
-                try:
-                    checked_config(compose(overrides))
-                except Exception as error:
-                    raise ConfigError(
-                        f"search_space.{entry.name}: {entry.target}={value!r} does not make a valid "
-                        f"config ({describe_error(error)})"
-                    ) from None
+            for setting in self._group_settings(entry, groups):
+                for value in probes:
+                    overrides = [*as_overrides(setting), f"{entry.target}={as_override_value(value)}"]
+                    try:
+                        checked_config(compose(overrides))
+                    except Exception as error:
+                        raise ConfigError(
+                            f"search_space.{entry.name}: {entry.target}={value!r} does not make a valid "
+                            f"config ({describe_error(error)})"
+                        ) from None
+
+    @staticmethod
+    def _group_settings(entry: Entry, groups: dict[str, list[Any]]) -> list[dict[str, Any]]:
+        """Every combination of the searched groups' options that the entry can meet."""
+        allowed = {
+            group: [c for c in choices if c in (entry.spec.when or {}).get(group, choices)]
+            for group, choices in groups.items()
+            if group != entry.target
+        }
+        combinations = itertools.product(*allowed.values())
+        return [dict(zip(allowed, values, strict=True)) for values in combinations] or [{}]
 
     def sample(self, trial: optuna.Trial, base: DictConfig) -> dict[str, Any]:
         """Sample the entries whose conditions hold; returns {config key: value}."""

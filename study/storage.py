@@ -8,6 +8,9 @@ retried) or a journal file path (for shared file systems; no heartbeat).
 from __future__ import annotations
 
 import collections
+import logging
+import os
+import socket
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +27,15 @@ from study.tracking import end_run_if_running
 # Heartbeats, retries and TPE's `group` are marked experimental by Optuna; they are what we want.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
+log = logging.getLogger(__name__)
+
 SQLITE_LOCK_TIMEOUT_SECONDS = 60  # several workers write to one SQLite file
+# Trial user attributes.
 MLFLOW_RUN_ATTR = "mlflow_run_id"
+FAIL_REASON_ATTR = "fail_reason"  # set for a trial that failed on its own (error, NaN loss)
+NOT_NEEDED_ATTR = "not_needed"  # a trial that lost the race for the last places of the study
+WORKER_ATTR = "worker"  # host:pid of the worker process that runs the trial
+RETRY_OF_ATTR = "retry_of"
 
 
 def make_storage(study_cfg: DictConfig, tracking_uri: str) -> optuna.storages.BaseStorage:
@@ -56,14 +66,57 @@ class StaleTrialCallback:
         self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=False)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        run_id = trial.user_attrs.get(MLFLOW_RUN_ATTR)
-        if run_id:
-            end_run_if_running(
-                MlflowClient(tracking_uri=self.tracking_uri),
-                run_id,
-                "worker stopped sending heartbeats (killed or crashed); the trial is retried",
-            )
-        self.retry(study, trial)
+        self.retry(study, trial)  # first: an unreachable tracking server must not cost the retry
+        end_dead_workers_run(self.tracking_uri, trial)
+
+
+def end_dead_workers_run(tracking_uri: str, trial: FrozenTrial) -> None:
+    run_id = trial.user_attrs.get(MLFLOW_RUN_ATTR)
+    if not run_id:
+        return
+    try:
+        end_run_if_running(
+            MlflowClient(tracking_uri=tracking_uri),
+            run_id,
+            "worker stopped sending heartbeats (killed or crashed); the trial is retried",
+        )
+    except Exception as error:  # the retry matters more than the run's status
+        log.warning("could not end MLflow run %s of dead trial %d: %s", run_id, trial.number, error)
+
+
+def has_heartbeat(storage: optuna.storages.BaseStorage) -> bool:
+    """RDB storages made here beat; the journal file cannot."""
+    return isinstance(storage, optuna.storages.RDBStorage)
+
+
+def worker_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def fail_orphaned_trials(study: optuna.Study, tracking_uri: str) -> int:
+    """For storages without heartbeat (the journal file): fail and retry the RUNNING trials
+    whose worker process on this machine is gone. Returns how many."""
+    host = socket.gethostname()
+    orphaned = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner_host, _, pid = trial.user_attrs.get(WORKER_ATTR, "").rpartition(":")
+        if owner_host != host or not pid.isdigit() or _process_alive(int(pid)):
+            continue
+        study.tell(trial.number, state=TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={RETRY_OF_ATTR: trial.number})
+        end_dead_workers_run(tracking_uri, trial)
+        orphaned += 1
+    return orphaned
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass(frozen=True)
@@ -92,4 +145,16 @@ def count_trials(study: optuna.Study) -> TrialCounts:
 
 
 def max_failed_trials(settings: DictConfig) -> int:
-    return settings.study.max_failed_trials or settings.study.n_trials
+    limit = settings.study.max_failed_trials
+    return settings.study.n_trials if limit is None else limit
+
+
+def failed_since(study: optuna.Study, start: float) -> int:
+    """Trials that failed on their own (not dead workers, not surplus) since `start`."""
+    return sum(
+        1
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        if FAIL_REASON_ATTR in trial.user_attrs
+        and trial.datetime_start is not None
+        and trial.datetime_start.timestamp() >= start
+    )

@@ -30,14 +30,23 @@ from study.pruners import build_pruner
 from study.results import evaluate_winner, leaderboard, log_plots
 from study.samplers import build_sampler
 from study.search_space import SearchSpace
-from study.storage import TrialCounts, count_trials, make_storage, max_failed_trials
+from study.storage import (
+    TrialCounts,
+    count_trials,
+    fail_orphaned_trials,
+    failed_since,
+    has_heartbeat,
+    make_storage,
+    max_failed_trials,
+)
 from study.tensorboard import write_hparams_config
-from study.tracking import RunTracker, flatten, write_masked
+from study.tracking import RunTracker, flatten, terminal_status, write_masked
 from study.worker import WorkerSpec, sweep_composer
 
 log = logging.getLogger(__name__)
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
+PARENT_WAIT_SECONDS = 60.0
 POLL_SECONDS = 1.0
 PROGRESS_SECONDS = 5.0
 MAX_RESTARTS_PER_WORKER = 3
@@ -65,75 +74,114 @@ def run_sweep(
     build_pruner(settings.pruner)
 
     # Inputs are good: from here on the stores are written.
+    session_start = time.time()
     study_dir = Path(settings.study.output_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(
-        study_name=settings.study.name,
-        storage=make_storage(settings.study, base.mlflow.tracking_uri),
-        direction=settings.study.direction,
-        load_if_exists=True,
-    )
-    parent = parent_run(study, settings, base, cfg, study_dir)
-    if settings.study.enqueue_defaults and not study.trials:
-        study.enqueue_trial(space.base_values(base), user_attrs={"baseline": True}, skip_if_exists=True)
-    deadline = time.time() + settings.study.timeout if settings.study.timeout else None
-    spec = WorkerSpec(str(config_dir), config_name, overrides, parent.run_id, deadline=deadline)
+    storage = make_storage(settings.study, base.mlflow.tracking_uri)
+    study, created = create_or_load_study(settings, storage)
+    parent = parent_run(study, created, storage, settings, base, cfg, study_dir)
     try:
+        if created and settings.study.enqueue_defaults:
+            study.enqueue_trial(space.base_values(base), user_attrs={"baseline": True}, skip_if_exists=True)
+        if not has_heartbeat(storage):
+            fail_orphaned_trials(study, base.mlflow.tracking_uri)
+        deadline = session_start + settings.study.timeout if settings.study.timeout else None
+        spec = WorkerSpec(
+            str(config_dir),
+            config_name,
+            overrides,
+            parent.run_id,
+            session_start=session_start,
+            deadline=deadline,
+        )
         if count_trials(study).done < settings.study.n_trials:
-            WorkerPool(settings, spec, study_dir).run(study)
+            WorkerPool(settings, spec, study_dir, storage, base.mlflow.tracking_uri).run(study)
         summary = finish(study, settings, parent, study_dir)
+        check_complete(study, settings, session_start, deadline)
     except BaseException as error:
-        parent.end("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED", error)
+        parent.end(terminal_status(error), error)
         raise
     parent.end("FINISHED")
     return summary
 
 
+class StudyIncompleteError(RuntimeError):
+    """The workers stopped before study.n_trials trials were done."""
+
+
+def check_complete(
+    study: optuna.Study, settings: DictConfig, session_start: float, deadline: float | None
+) -> None:
+    counts = count_trials(study)
+    if counts.done >= settings.study.n_trials or (deadline is not None and time.time() >= deadline):
+        return
+    failed = failed_since(study, session_start)
+    reason = (
+        f"{failed} trials failed (study.max_failed_trials)"
+        if failed >= max_failed_trials(settings)
+        else "the workers stopped (see logs/worker_N.log)"
+    )
+    raise StudyIncompleteError(
+        f"study {settings.study.name}: {counts.done} of {settings.study.n_trials} trials done: {reason}; "
+        f"{counts.running} still RUNNING. Run the command again to resume."
+    )
+
+
+def create_or_load_study(settings: DictConfig, storage) -> tuple[optuna.Study, bool]:
+    """(study, True) for the one driver that created it; every other driver loads it."""
+    try:
+        study = optuna.create_study(
+            study_name=settings.study.name, storage=storage, direction=settings.study.direction
+        )
+        return study, True
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(study_name=settings.study.name, storage=storage), False
+
+
 def parent_run(
-    study: optuna.Study, settings: DictConfig, base: DictConfig, cfg: DictConfig, study_dir: Path
+    study: optuna.Study,
+    created: bool,
+    storage,
+    settings: DictConfig,
+    base: DictConfig,
+    cfg: DictConfig,
+    study_dir: Path,
 ) -> RunTracker:
-    """The study's MLflow parent run: created with the study, reused when it resumes."""
+    """The study's MLflow parent run: made by the driver that created the study (the storage
+    decides that atomically), found by every other driver and on every resume."""
     run_id = study.user_attrs.get(PARENT_RUN_ATTR)
+    deadline = time.time() + PARENT_WAIT_SECONDS
+    # The creating driver sets the parent run before any trial exists; wait for it then.
+    while run_id is None and not created and not study.get_trials() and time.time() < deadline:
+        time.sleep(POLL_SECONDS)
+        study = optuna.load_study(study_name=study.study_name, storage=storage)
+        run_id = study.user_attrs.get(PARENT_RUN_ATTR)
     if run_id:
-        log.info("resuming study %s (parent run %s)", settings.study.name, run_id)
+        log.info("study %s: parent run %s", settings.study.name, run_id)
         return RunTracker.resume(base.mlflow, run_id)
     tracker = RunTracker.start(
         base.mlflow,
         run_name=settings.study.name,
         tags={**base.mlflow.tags, **parent_tags(settings.study.name), "optuna.study_name": study.study_name},
     )
-    # Drivers on several machines may start the same study at once. Each looks for the
-    # study's parent runs after creating its own: the earliest wins, the others delete theirs.
-    # A later creator always sees the earlier run, so every driver picks the same one.
-    winner = earliest_parent_run(tracker, settings.study.name)
-    if winner != tracker.run_id:
-        tracker.client.delete_run(tracker.run_id)
-        log.info("study %s: joining parent run %s created by another driver", settings.study.name, winner)
-        return RunTracker.resume(base.mlflow, winner)
-    study.set_user_attr(PARENT_RUN_ATTR, tracker.run_id)
-    study_settings = OmegaConf.to_container(settings)
-    study_settings.pop("search_space")
-    tracker.log_params(flatten(study_settings))
-    tracker.log_artifact(
-        write_masked(study_dir / "search_space.yaml", OmegaConf.to_yaml(settings.search_space))
-    )
-    resolved = OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True))
-    tracker.log_artifact(write_masked(study_dir / "sweep_config.yaml", resolved))
+    try:
+        study.set_user_attr(PARENT_RUN_ATTR, tracker.run_id)
+        study_settings = OmegaConf.to_container(settings)
+        study_settings.pop("search_space")
+        tracker.log_params(flatten(study_settings))
+        tracker.log_artifact(
+            write_masked(study_dir / "search_space.yaml", OmegaConf.to_yaml(settings.search_space))
+        )
+        resolved = OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True))
+        tracker.log_artifact(write_masked(study_dir / "sweep_config.yaml", resolved))
+    except BaseException as error:
+        tracker.end(terminal_status(error), error)
+        raise
     return tracker
 
 
 def parent_tags(study_name: str) -> dict[str, str]:
     return {"study.name": study_name, "study.role": "parent"}
-
-
-def earliest_parent_run(tracker: RunTracker, study_name: str) -> str:
-    experiment_id = tracker.client.get_run(tracker.run_id).info.experiment_id
-    filters = " and ".join(f"tags.`{key}` = '{value}'" for key, value in parent_tags(study_name).items())
-    runs = tracker.client.search_runs(
-        [experiment_id], filter_string=filters, order_by=["attributes.start_time ASC"], max_results=50
-    )
-    earliest = min(runs, key=lambda run: (run.info.start_time, run.info.run_id))
-    return earliest.info.run_id
 
 
 @dataclass
@@ -148,9 +196,11 @@ class Worker:
 class WorkerPool:
     """Worker processes sharing the study storage; a dead worker is replaced."""
 
-    def __init__(self, settings: DictConfig, spec: WorkerSpec, study_dir: Path):
+    def __init__(self, settings: DictConfig, spec: WorkerSpec, study_dir: Path, storage, tracking_uri: str):
         self.settings = settings
         self.spec = spec
+        self.storage = storage
+        self.tracking_uri = tracking_uri
         self.study_dir = study_dir
         self.logs = study_dir / "logs"
         self.logs.mkdir(exist_ok=True)
@@ -169,7 +219,7 @@ class WorkerPool:
                 counts = count_trials(study)
                 self.progress.update(study, counts)
                 for worker in self.workers:
-                    self._check(worker, counts)
+                    self._check(worker, counts, study)
         except KeyboardInterrupt:
             self._stop_all()
             raise
@@ -190,15 +240,16 @@ class WorkerPool:
         )
         log_file.close()
 
-    def _check(self, worker: Worker, counts: TrialCounts) -> None:
+    def _check(self, worker: Worker, counts: TrialCounts, study: optuna.Study) -> None:
         if worker.process is None or worker.process.poll() is None:
             return
         code, worker.process = worker.process.returncode, None
         if code == 0:
             return
-        finished = counts.done >= self.settings.study.n_trials or counts.failed >= max_failed_trials(
-            self.settings
-        )
+        if not has_heartbeat(self.storage):  # nobody else will notice its trial is dead
+            fail_orphaned_trials(study, self.tracking_uri)
+        failed = failed_since(study, self.spec.session_start)
+        finished = counts.done >= self.settings.study.n_trials or failed >= max_failed_trials(self.settings)
         if finished or worker.restarts >= MAX_RESTARTS_PER_WORKER:
             log.warning("worker %d exited with %d (log: %s)", worker.index, code, self._log(worker))
             return
@@ -345,8 +396,14 @@ def main(cfg: DictConfig) -> float | None:
     config_dir = next(
         (s.path for s in hydra_cfg.runtime.config_sources if s.provider == "main"), str(CONFIG_DIR)
     )
-    # Workers compose the same config: the task overrides and any extra config search path.
-    search_path = [o for o in hydra_cfg.overrides.hydra if o.startswith("hydra.searchpath=")]
+    # Workers compose the same config: the task overrides and every extra config folder
+    # (hydra.searchpath, --config-dir), as one search path.
+    extra = [
+        f"{source.schema}://{source.path}"
+        for source in hydra_cfg.runtime.config_sources
+        if source.provider not in ("main", "hydra", "schema") and source.schema in ("file", "pkg")
+    ]
+    search_path = [f"hydra.searchpath=[{','.join(extra)}]"] if extra else []
     overrides = [*search_path, *hydra_cfg.overrides.task]
     summary = run_sweep(cfg, overrides, config_dir.removeprefix("file://"), hydra_cfg.job.config_name)
     return summary.get("best_val_accuracy")

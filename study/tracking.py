@@ -39,7 +39,8 @@ EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 # scheme://user:password@host -> scheme://user:***@host; ?password=... and the like too.
-_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^:/@\s]*:)([^@\s]+)(@)")
+# The password runs to the last "@" of the authority, so "p@ss" is masked whole.
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^:/@\s]*:)([^/\s]*)(@)")
 _QUERY_SECRET = re.compile(r"((?:password|passwd|pwd|token|secret|access_key|secret_key)=)([^&\s]+)", re.I)
 
 
@@ -171,6 +172,10 @@ class RunTracker:
     def end(self, status: str, error: BaseException | None = None) -> None:
         try:
             self.flush()
+        except Exception as flush_error:  # metrics were lost: the run must not say FINISHED
+            if error is None:
+                status, error = "FAILED", flush_error
+            raise
         finally:
             if error is not None:
                 self.set_tags({"error": f"{type(error).__name__}: {error}"})  # masked there

@@ -27,7 +27,7 @@ from study.objective import TrialObjective
 from study.pruners import build_pruner
 from study.samplers import build_sampler
 from study.search_space import Composer, SearchSpace
-from study.storage import count_trials, make_storage, max_failed_trials
+from study.storage import count_trials, failed_since, has_heartbeat, make_storage, max_failed_trials
 
 log = logging.getLogger("study.worker")
 
@@ -41,6 +41,7 @@ class WorkerSpec:
     overrides: list[str]
     parent_run_id: str
     worker_index: int = 0
+    session_start: float = 0.0  # time.time() when the driver started: failures count from it
     deadline: float | None = None  # time.time() after which no new trial starts
     cores: list[int] = field(default_factory=list)
 
@@ -82,12 +83,14 @@ def run_worker(spec: WorkerSpec) -> int:
     cfg = compose_with([])
     settings, base = checked_sweep_config(cfg), checked_config(cfg)
     space = SearchSpace(settings.search_space)
+    storage = make_storage(settings.study, base.mlflow.tracking_uri)
     study = optuna.load_study(
-        study_name=settings.study.name,
-        storage=make_storage(settings.study, base.mlflow.tracking_uri),
-        sampler=build_sampler(settings.sampler, space, spec.worker_index),
-        pruner=build_pruner(settings.pruner),
+        study_name=settings.study.name, storage=storage, pruner=build_pruner(settings.pruner)
     )
+    # A seed per worker and per session: a restarted worker, a resumed study or a worker on
+    # another machine must not replay the random stream of an earlier one.
+    seed_offset = spec.worker_index + 1000 * len(study.get_trials(deepcopy=False))
+    study.sampler = build_sampler(settings.sampler, space, seed_offset)
     objective = TrialObjective(
         base, settings, compose_with, space, spec.parent_run_id, Path(settings.study.output_dir)
     )
@@ -95,12 +98,15 @@ def run_worker(spec: WorkerSpec) -> int:
         counts = count_trials(study)
         if counts.done >= settings.study.n_trials:
             return 0
-        if counts.failed >= max_failed_trials(settings):
-            log.error("stopping: %d trials failed (study.max_failed_trials)", counts.failed)
+        failed = failed_since(study, spec.session_start)
+        if failed >= max_failed_trials(settings):
+            log.error("stopping: %d trials failed in this session (study.max_failed_trials)", failed)
             return 0
         if spec.deadline is not None and time.time() >= spec.deadline:
             return 0
         if counts.done + counts.running >= settings.study.n_trials:
+            if not has_heartbeat(storage):
+                return 0  # no heartbeat: a dead worker's trial would be waited for forever
             # The remaining trials run elsewhere; wait in case one fails or its worker dies.
             optuna.storages.fail_stale_trials(study)
             time.sleep(POLL_SECONDS)

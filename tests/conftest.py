@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -111,3 +112,10 @@ def sweep_setup(tmp_path, tiny_idx_dir):
         "study.heartbeat_interval=1",
     ]
     return tmp_path, overrides
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on, for servers the tests start."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

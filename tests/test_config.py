@@ -59,7 +59,7 @@ def test_compose_time_errors_are_one_line_naming_the_key(overrides, expected):
         (["model.dropout_rate=-0.1"], "model.dropout_rate: expected a number in [0, 1)"),
         (["trainer.batch_size=0"], "trainer.batch_size: expected an integer >= 1"),
         (["trainer.max_steps=0"], "trainer.max_steps: expected null or >= 1"),
-        (["optimizer=sgd", "optimizer.momentum=-1"], "optimizer.momentum: expected a number >= 0"),
+        (["optimizer=sgd", "optimizer.momentum=-1"], "optimizer.momentum: expected a number in [0, 1]"),
     ],
 )
 def test_bad_values_fail_the_check_naming_the_key(overrides, expected):

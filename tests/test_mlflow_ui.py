@@ -4,7 +4,6 @@ store, opened in headless Chromium (Debian's chromium and chromium-driver)."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from study.sweep import run_sweep
-from tests.conftest import compose_config
+from tests.conftest import compose_config, free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -32,12 +31,6 @@ CHROMIUM_FLAGS = [
     "--no-first-run",
     "--window-size=1600,1000",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until_healthy(url: str, server: subprocess.Popen, timeout: float = 90.0) -> None:

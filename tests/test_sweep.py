@@ -22,7 +22,7 @@ from study.config import ConfigError, checked_sweep_config
 from study.pruners import build_pruner
 from study.samplers import build_sampler
 from study.search_space import SearchSpace
-from study.sweep import run_sweep
+from study.sweep import StudyIncompleteError, run_sweep
 from tests.conftest import compose_config
 
 
@@ -165,6 +165,10 @@ def test_malformed_search_space_fails_before_any_store(sweep_setup):
         "model.dropuot_rate: {type: float, low: 0.0, high: 0.5}": "search_space.model.dropuot_rate",
         "model.dropout_rate: {type: float, low: 0.0, high: 1.5}": "model.dropout_rate: expected a number in",
         "optimizer: {type: uniform, choices: [sgd]}": "search_space.optimizer.type: expected one of",
+        # dense_units exists for the CNN only: the MLP option of the searched group breaks it.
+        "model: {type: categorical, choices: [cnn, mlp]}\nmodel.dense_units: {type: int, low: 8, high: 16}": (
+            "search_space.model.dense_units: model.dense_units=8 does not make a valid config"
+        ),
     }
     for text, expected in cases.items():
         bad.write_text(text + "\n")
@@ -303,3 +307,22 @@ def _has_torch() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("torch") is not None
+
+
+def test_too_many_failures_end_the_session_with_an_error(sweep_setup):
+    tmp_path, overrides = sweep_setup
+    overrides += ["study.n_trials=2", "study.max_failed_trials=1", "pruner=none"]
+    (tmp_path / "runs").mkdir()
+    storage = f"sqlite:///{tmp_path / 'runs'}/optuna.db"
+    seeded = optuna.create_study(study_name="default", storage=storage, direction="maximize")
+    seeded.enqueue_trial(
+        {"model": "mlp", "optimizer": "sgd", "optimizer.learning_rate": 1e30, "model.dropout_rate": 0.0}
+    )
+    with pytest.raises(
+        StudyIncompleteError, match=r"0 of 2 trials done: 1 trials failed \(study.max_failed_trials\)"
+    ):
+        run_sweep(compose_config("sweep", overrides), overrides)
+    _, client = stores(tmp_path)
+    (parent,) = [run for run in all_runs(client) if run.data.tags.get("study.role") == "parent"]
+    assert parent.info.status == "FAILED"
+    assert "StudyIncompleteError" in parent.data.tags["error"]

@@ -20,6 +20,7 @@ from study.train import train
         ("mysql+pymysql://root@db/optuna", "mysql+pymysql://root@db/optuna"),
         ("redis://cache:6379/0?password=abc&db=1", "redis://cache:6379/0?password=***&db=1"),
         ("sqlite:///runs/optuna.db", "sqlite:///runs/optuna.db"),
+        ("postgresql://user:p@ss@db-host/optuna", "postgresql://user:***@db-host/optuna"),
         ("s3://bucket/key?token=xyz", "s3://bucket/key?token=***"),
     ],
 )
