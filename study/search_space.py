@@ -47,6 +47,14 @@ class Entry:
             )
         return optuna.distributions.FloatDistribution(spec.low, spec.high, log=spec.log, step=spec.step)
 
+    def extreme_values(self) -> list[Any]:
+        """The values that test an entry: every choice, or both ends of a range."""
+        spec = self.spec
+        if spec.type == "categorical":
+            return list(spec.choices)
+        ends = [spec.low, spec.high]
+        return [int(end) for end in ends] if spec.type == "int" else ends
+
     def contains(self, value: Any) -> bool:
         if self.spec.type == "categorical":
             return value in list(self.spec.choices)
@@ -103,8 +111,7 @@ class SearchSpace:
         """
         groups = {e.target: list(e.spec.choices) for e in self.entries if e.is_group}
         for entry in self.entries:
-            spec = entry.spec
-            probes = entry.grid_values() if spec.type == "categorical" else [spec.low, spec.high]
+            probes = entry.extreme_values()
             for setting in self._group_settings(entry, groups):
                 for value in probes:
                     overrides = [*as_overrides(setting), f"{entry.target}={as_override_value(value)}"]
