@@ -405,7 +405,11 @@ def main(cfg: DictConfig) -> float | None:
     ]
     search_path = [f"hydra.searchpath=[{','.join(extra)}]"] if extra else []
     overrides = [*search_path, *hydra_cfg.overrides.task]
-    summary = run_sweep(cfg, overrides, config_dir.removeprefix("file://"), hydra_cfg.job.config_name)
+    try:
+        summary = run_sweep(cfg, overrides, config_dir.removeprefix("file://"), hydra_cfg.job.config_name)
+    except StudyIncompleteError as error:  # the parent run says FAILED; the user needs one line
+        print(f"study.sweep: error: {error}", file=sys.stderr)
+        sys.exit(1)
     return summary.get("best_val_accuracy")
 
 
