@@ -21,7 +21,7 @@ import optuna
 import pandas as pd
 
 from study.reproduce import DEFAULT_TRACKING_URI
-from study.storage import MLFLOW_RUN_ATTR
+from study.storage import MLFLOW_RUN_ATTR, trial_score
 from study.tracking import mask_secrets
 
 RUN_COLUMNS = {
@@ -155,14 +155,11 @@ def optuna_trials(name: str, storage: str | None) -> pd.DataFrame:
     for trial in study.get_trials(deepcopy=False):
         if MLFLOW_RUN_ATTR not in trial.user_attrs:
             continue
-        value = (
-            trial.value if trial.value is not None else max(trial.intermediate_values.values(), default=None)
-        )
         rows.append(
             {
                 "run_id": trial.user_attrs[MLFLOW_RUN_ATTR],
                 "optuna_state": trial.state.name,
-                "optuna_value": value,
+                "optuna_value": trial_score(trial),
                 **{f"param.{key}": param for key, param in trial.params.items()},
             }
         )

@@ -19,7 +19,7 @@ from sklearn.metrics import ConfusionMatrixDisplay
 
 from study.config import checked_config
 from study.data import load_dataset
-from study.storage import FAIL_REASON_ATTR, MLFLOW_RUN_ATTR
+from study.storage import FAIL_REASON_ATTR, MLFLOW_RUN_ATTR, trial_score
 from study.tracking import RunTracker
 
 log = logging.getLogger(__name__)
@@ -49,9 +49,7 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
 
 def _row(trial: FrozenTrial) -> dict:
     duration = trial.duration.total_seconds() if trial.duration is not None else None
-    value = trial.value
-    if value is None and trial.intermediate_values:
-        value = max(trial.intermediate_values.values())  # a pruned trial's best epoch
+    value = trial_score(trial)
     return {
         "trial": trial.number,
         "state": trial.state.name,

@@ -133,8 +133,10 @@ class TrialCounts:
         return self.complete + self.pruned
 
 
-def count_trials(study: optuna.Study) -> TrialCounts:
-    states = collections.Counter(trial.state for trial in study.get_trials(deepcopy=False))
+def count_trials(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> TrialCounts:
+    """Trials by state; pass `trials` when they were just fetched, to save a query."""
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    states = collections.Counter(trial.state for trial in trials)
     return TrialCounts(
         complete=states[TrialState.COMPLETE],
         pruned=states[TrialState.PRUNED],
@@ -158,3 +160,10 @@ def failed_since(study: optuna.Study, start: float) -> int:
         and trial.datetime_start is not None
         and trial.datetime_start.timestamp() >= start
     )
+
+
+def trial_score(trial: FrozenTrial) -> float | None:
+    """The trial's validation accuracy: its value, or for a pruned trial its best epoch."""
+    if trial.value is not None:
+        return trial.value
+    return max(trial.intermediate_values.values(), default=None)

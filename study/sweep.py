@@ -22,6 +22,7 @@ import optuna
 import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from optuna.trial import FrozenTrial, TrialState
 
 from study.cli import report_input_errors, run_cli
 from study.config import CONFIG_DIR, checked_config, checked_sweep_config
@@ -216,8 +217,9 @@ class WorkerPool:
         try:
             while any(w.process is not None for w in self.workers):
                 time.sleep(POLL_SECONDS)
-                counts = count_trials(study)
-                self.progress.update(study, counts)
+                trials = study.get_trials(deepcopy=False)  # one query a poll, for all below
+                counts = count_trials(study, trials)
+                self.progress.update(counts, trials)
                 for worker in self.workers:
                     self._check(worker, counts, study)
         except KeyboardInterrupt:
@@ -225,7 +227,8 @@ class WorkerPool:
             raise
         finally:
             signal.signal(signal.SIGTERM, previous)
-            self.progress.update(study, count_trials(study), force=True)
+            trials = study.get_trials(deepcopy=False)
+            self.progress.update(count_trials(study, trials), trials, force=True)
 
     def _start(self, worker: Worker) -> None:
         spec = WorkerSpec(**{**self.spec.__dict__, "worker_index": worker.index, "cores": worker.cores})
@@ -338,16 +341,17 @@ class Progress:
         self.last_line = ""
         self.last_time = 0.0
 
-    def update(self, study: optuna.Study, counts: TrialCounts, force: bool = False) -> None:
-        line = self.line(study, counts)
+    def update(self, counts: TrialCounts, trials: list[FrozenTrial], force: bool = False) -> None:
+        line = self.line(counts, trials)
         if line != self.last_line and (force or time.time() - self.last_time >= PROGRESS_SECONDS):
             print(line, flush=True)
             self.last_line, self.last_time = line, time.time()
 
-    def line(self, study: optuna.Study, counts: TrialCounts) -> str:
+    def line(self, counts: TrialCounts, trials: list[FrozenTrial]) -> str:
         best = ""
-        if counts.complete:
-            trial = study.best_trial
+        complete = [trial for trial in trials if trial.state == TrialState.COMPLETE]
+        if complete:
+            trial = max(complete, key=lambda t: t.value)
             best = f" | best val_accuracy {trial.value:.4f} (trial {trial.number})"
         return (
             f"[{self.settings.study.name}] {counts.done}/{self.settings.study.n_trials} done "
