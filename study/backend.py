@@ -6,6 +6,7 @@ run unchanged with KERAS_BACKEND=jax on machines without TensorFlow.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import platform
 
@@ -43,6 +44,11 @@ def device_name() -> str:
 
 
 def package_versions() -> dict[str, str]:
+    return dict(_installed_versions())  # a copy: callers may change theirs
+
+
+@functools.cache  # installed versions do not change while a worker runs its trials
+def _installed_versions() -> dict[str, str]:
     versions = {"python": platform.python_version(), "study": _version("study")}
     for package in VERSIONED_PACKAGES:
         version = _version(package)

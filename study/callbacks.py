@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import keras
 
@@ -72,6 +73,20 @@ class EpochMetrics(keras.callbacks.Callback):
 
     def _steps(self) -> int:
         return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+
+class BestCheckpoint(keras.callbacks.ModelCheckpoint):
+    """Keras' ModelCheckpoint, saving the model whenever val_accuracy improves at an epoch end.
+
+    It is marked async-safe: its per-batch hook does nothing when saving per epoch, and Keras
+    otherwise calls every batch's hooks in line, turning the logs into Python floats, which
+    waits for each train step to finish before the next is dispatched (bench/README.md).
+    """
+
+    async_safe = True
+
+    def __init__(self, path: Path):
+        super().__init__(path, monitor="val_accuracy", mode="max", save_best_only=True, save_freq="epoch")
 
 
 class StepBudget(keras.callbacks.Callback):

@@ -20,6 +20,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # Keras dtype policies
 
 
 class ConfigError(ValueError):
@@ -105,6 +106,8 @@ class TrainerConfig:
     eval_batch_size: int = 1000
     steps_per_execution: int = 1
     jit_compile: Any = "auto"  # "auto", true or false, as keras.Model.compile takes it
+    # Keras dtype policy: float32, or mixed_float16 / mixed_bfloat16 (GPUs with tensor cores).
+    precision: str = "float32"
     verbose: int = 2  # Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch
 
 
@@ -406,6 +409,12 @@ def _check_values(cfg: DictConfig) -> None:
             cfg.trainer.jit_compile,
             lambda v: v in ("auto", True, False),
             "'auto', true or false",
+        ),
+        (
+            "trainer.precision",
+            cfg.trainer.precision,
+            lambda v: v in PRECISIONS,
+            " or ".join(PRECISIONS),
         ),
         ("data.validation_size", cfg.data.validation_size, lambda v: v >= 1, "an integer >= 1"),
         (

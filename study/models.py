@@ -1,5 +1,8 @@
 """The three classic MNIST-tutorial models, in Keras 3. Each outputs logits.
 
+The logits layer computes in float32 under every dtype policy: with mixed precision the
+softmax cross-entropy stays numerically stable (the Keras mixed-precision guide's advice).
+
 Builders take the model config, the image shape (H, W, C) and the number of classes, so the
 same architecture adapts to 28x28 MNIST and to 8x8 digits.
 """
@@ -19,7 +22,7 @@ def build_softmax(cfg: DictConfig, image_shape: tuple[int, ...], num_classes: in
         [
             keras.Input(shape=image_shape),
             layers.Flatten(),
-            layers.Dense(num_classes, name="logits"),
+            layers.Dense(num_classes, name="logits", dtype="float32"),
         ],
         name="softmax",
     )
@@ -35,7 +38,7 @@ def build_mlp(cfg: DictConfig, image_shape: tuple[int, ...], num_classes: int) -
             layers.Dropout(cfg.dropout_rate),
             layers.Dense(cfg.hidden2_units, activation="relu", name="hidden2"),
             layers.Dropout(cfg.dropout_rate),
-            layers.Dense(num_classes, name="logits"),
+            layers.Dense(num_classes, name="logits", dtype="float32"),
         ],
         name="mlp",
     )
@@ -53,7 +56,7 @@ def build_cnn(cfg: DictConfig, image_shape: tuple[int, ...], num_classes: int) -
             layers.Flatten(),
             layers.Dense(cfg.dense_units, activation="relu", name="dense"),
             layers.Dropout(cfg.dropout_rate),
-            layers.Dense(num_classes, name="logits"),
+            layers.Dense(num_classes, name="logits", dtype="float32"),
         ],
         name="cnn",
     )

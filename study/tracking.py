@@ -1,8 +1,13 @@
 """MLflow tracking through `MlflowClient`: one `RunTracker` per run.
 
 The client API (not the fluent one) takes explicit run ids, so parent and child runs of a
-study, and several runs in one process, never mix. Metrics go out batched and asynchronously;
-`end` waits for them before the run gets its terminal status.
+study, and several runs in one process, never mix. Metrics go out batched (one `log_batch` per
+epoch) from a background thread of the run, so an epoch never waits on the store; `end` waits
+for them before the run gets its terminal status.
+
+Why not `log_batch(synchronous=False)`: MLflow's async queue polls with a one-second timeout,
+and `set_terminated` joins that thread, so every run ended up to 1 s late, which is twice the
+fixed cost a trial of a study may have (bench/README.md).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +110,8 @@ class RunTracker:
     def __init__(self, client: MlflowClient, run_id: str):
         self.client = client
         self.run_id = run_id
-        self._pending = []
+        self._pending: list[Future] = []
+        self._writer: ThreadPoolExecutor | None = None  # started by the first metrics
 
     @classmethod
     def start(
@@ -150,11 +157,13 @@ class RunTracker:
             self.client.log_batch(self.run_id, tags=chunk)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        """Queue one batch of metrics; it is written in the background."""
+        """Queue one batch of metrics; it is written in the background, in order."""
         timestamp = get_current_time_millis()
         entries = [Metric(key, float(value), timestamp, step) for key, value in metrics.items()]
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mlflow-{self.run_id[:8]}")
         for chunk in _chunks(entries, MAX_METRICS_PER_BATCH):
-            self._pending.append(self.client.log_batch(self.run_id, metrics=chunk, synchronous=False))
+            self._pending.append(self._writer.submit(self.client.log_batch, self.run_id, metrics=chunk))
 
     def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
         if local_path.is_dir():
@@ -165,9 +174,13 @@ class RunTracker:
     def flush(self) -> None:
         """Wait until every queued metric batch is stored (raises if one failed)."""
         pending, self._pending = self._pending, []
-        for operation in pending:
-            if operation is not None:
-                operation.wait()
+        writer, self._writer = self._writer, None
+        try:
+            for operation in pending:
+                operation.result()
+        finally:
+            if writer is not None:
+                writer.shutdown(wait=True)
 
     def end(self, status: str, error: BaseException | None = None) -> None:
         try:

@@ -7,11 +7,12 @@ is created, so a bad command leaves the tracking store as it was.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import hydra
@@ -20,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from study import backend
-from study.callbacks import EpochMetrics, StepBudget
+from study.callbacks import BestCheckpoint, EpochMetrics, StepBudget
 from study.cli import report_input_errors, run_cli
 from study.config import checked_config
 from study.data import Dataset, load_dataset
@@ -81,7 +82,8 @@ def train(
 
 
 def compile_model(cfg: DictConfig, dataset: Dataset) -> keras.Model:
-    model = build_model(cfg.model, dataset.image_shape, dataset.num_classes)
+    with dtype_policy(cfg.trainer.precision):  # layers take the policy when they are built
+        model = build_model(cfg.model, dataset.image_shape, dataset.num_classes)
     model.compile(
         optimizer=build_optimizer(cfg.optimizer),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -90,6 +92,19 @@ def compile_model(cfg: DictConfig, dataset: Dataset) -> keras.Model:
         jit_compile=cfg.trainer.jit_compile,
     )
     return model
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    """Keras' global dtype policy for the block only: the next run starts from float32 again."""
+    if name != "float32" and backend.device_name().startswith("CPU"):
+        log.warning("trainer.precision=%s on a CPU: mixed precision pays off on GPUs only", name)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def log_run_description(tracker: RunTracker, cfg: DictConfig, dataset: Dataset) -> None:
@@ -129,9 +144,7 @@ def fit_and_evaluate(
     epoch_metrics = EpochMetrics(len(dataset.x_train), trainer.batch_size, sinks, on_epoch_end)
     callbacks = [
         epoch_metrics,
-        keras.callbacks.ModelCheckpoint(
-            checkpoints / "best.keras", monitor="val_accuracy", mode="max", save_best_only=True
-        ),
+        BestCheckpoint(checkpoints / "best.keras"),
     ]
     steps_per_epoch = math.ceil(len(dataset.x_train) / trainer.batch_size)
     epochs = trainer.epochs

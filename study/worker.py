@@ -8,6 +8,9 @@ the driver before the interpreter starts, so the backend starts with it.
 
 from __future__ import annotations
 
+import copy
+import functools
+import gc
 import json
 import logging
 import os
@@ -20,7 +23,8 @@ from pathlib import Path
 import optuna
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
 
 from study.config import checked_config, checked_sweep_config
 from study.objective import TrialObjective
@@ -58,16 +62,35 @@ class WorkerSpec:
 
 
 def sweep_composer(config_dir: str, config_name: str, overrides: list[str]) -> Composer:
-    """compose(extra) -> the sweep config with the user's overrides, then `extra` (sampled)."""
+    """compose(extra) -> the sweep config with the user's overrides, then `extra` (sampled).
+
+    Hydra composes once per set of config group choices (a few hundred ms); the sampled
+    values (`optimizer.learning_rate=0.01`) are then set on a copy, with Hydra's override
+    parser and `OmegaConf.update`, as Hydra itself applies value overrides after composing.
+    """
+
+    @functools.lru_cache(maxsize=16)
+    def compose_groups(merged: tuple[str, ...]) -> DictConfig:
+        if GlobalHydra.instance().is_initialized():  # inside @hydra.main: its search path
+            return compose(config_name, overrides=list(merged))
+        with initialize_config_dir(config_dir, version_base="1.3"):
+            return compose(config_name, overrides=list(merged))
 
     def compose_with(extra: list[str]) -> DictConfig:
-        merged = merge_overrides(overrides, extra)
-        if GlobalHydra.instance().is_initialized():  # inside @hydra.main: its search path
-            return compose(config_name, overrides=merged)
-        with initialize_config_dir(config_dir, version_base="1.3"):
-            return compose(config_name, overrides=merged)
+        values = [override for override in extra if is_value_override(override)]
+        kept = merge_overrides(overrides, extra)  # a sampled key beats a command-line one
+        cfg = copy.deepcopy(compose_groups(tuple(o for o in kept if o not in values)))
+        for override in OverridesParser.create().parse_overrides(values):
+            OmegaConf.update(cfg, override.key_or_group, override.value(), merge=True)
+        return cfg
 
     return compose_with
+
+
+def is_value_override(override: str) -> bool:
+    """`a.b=value`: sets a config value (a dotted key never names a config group)."""
+    key = override.split("=", 1)[0]
+    return "." in key and not key.startswith(("+", "~")) and not any(c in key for c in "@/")
 
 
 def merge_overrides(base: list[str], extra: list[str]) -> list[str]:
@@ -94,6 +117,9 @@ def run_worker(spec: WorkerSpec) -> int:
     objective = TrialObjective(
         base, settings, compose_with, space, spec.parent_run_id, Path(settings.study.output_dir)
     )
+    # What exists now (interpreter, backend, data, study) lives as long as the worker: the
+    # collection after each trial (keras.backend.clear_session) then skips its million objects.
+    gc.freeze()
     while True:
         counts = count_trials(study)
         if counts.done >= settings.study.n_trials:
@@ -111,7 +137,7 @@ def run_worker(spec: WorkerSpec) -> int:
             optuna.storages.fail_stale_trials(study)
             time.sleep(POLL_SECONDS)
             continue
-        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+        study.optimize(objective, n_trials=1, catch=(Exception,))
 
 
 def interrupt_once(signum, frame) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import optuna
 import pytest
 from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError, ValidationError
 
-from study.config import ConfigError, ParamSpec, checked_config, checked_sweep_config
+from study.config import CONFIG_DIR, ConfigError, ParamSpec, checked_config, checked_sweep_config
 from study.search_space import SearchSpace, as_override_value, as_overrides
+from study.worker import is_value_override, merge_overrides, sweep_composer
 from tests.conftest import compose_config
 
 
@@ -91,3 +93,57 @@ def test_grid_needs_discrete_values():
     grid = search.grid()
     assert grid["model.dense_units"] == [256, 512, 768, 1024]
     assert grid["optimizer.learning_rate"] == pytest.approx([0.1, 0.2, 0.3])
+
+
+COMMAND_LINE = ["data=digits", "trainer.epochs=1", "optimizer.learning_rate=0.5"]
+
+
+@pytest.mark.parametrize(
+    "sampled",
+    [
+        [],
+        ["optimizer.learning_rate=0.001"],  # beats the command line's value
+        ["model=mlp", "optimizer=sgd", "optimizer.learning_rate=0.01", "model.dropout_rate=0.25"],
+        ["model=cnn", "model.dense_units=256", "optimizer=rmsprop"],
+    ],
+)
+def test_worker_compose_equals_a_full_hydra_compose(sampled):
+    """Workers compose once per group choice and set sampled values on a copy: same config."""
+    compose_with = sweep_composer(str(CONFIG_DIR), "sweep", COMMAND_LINE)
+    expected = compose_config("sweep", merge_overrides(COMMAND_LINE, sampled))
+    for _ in range(2):  # the second time from the cache
+        cfg = compose_with(sampled)
+        assert OmegaConf.to_container(cfg) == OmegaConf.to_container(expected)
+        assert checked_config(cfg) == checked_config(expected)
+
+
+def test_worker_compose_does_not_leak_values_between_trials():
+    compose_with = sweep_composer(str(CONFIG_DIR), "sweep", COMMAND_LINE)
+    first = compose_with(["model=mlp", "model.dropout_rate=0.25"])
+    first.model.hidden1_units = 7  # a trial's config is its own
+    second = compose_with(["model=mlp"])
+    assert second.model.dropout_rate == compose_config("sweep", ["model=mlp"]).model.dropout_rate
+    assert second.model.hidden1_units != 7
+
+
+def test_worker_compose_checks_sampled_values_like_hydra():
+    compose_with = sweep_composer(str(CONFIG_DIR), "sweep", COMMAND_LINE)
+    with pytest.raises(ValidationError, match="hidden1_units"):
+        compose_with(["model=mlp", "model.hidden1_units=wide"])
+    with pytest.raises(ConfigAttributeError, match="hidden_units"):
+        compose_with(["model=mlp", "model.hidden_units=8"])
+
+
+@pytest.mark.parametrize(
+    ("override", "is_value"),
+    [
+        ("optimizer.learning_rate=0.1", True),
+        ("model=cnn", False),
+        ("+model.extra=1", False),
+        ("~model.dropout_rate", False),
+        ("hydra/launcher=basic", False),
+        ("model@alt=mlp", False),
+    ],
+)
+def test_value_overrides_are_told_from_group_overrides(override, is_value):
+    assert is_value_override(override) is is_value

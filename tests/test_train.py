@@ -11,12 +11,13 @@ from pathlib import Path
 import keras
 import pytest
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from study.callbacks import NonFiniteLossError
 from study.config import ConfigError, checked_config
 from study.data import IDX_FILES, load_dataset
-from study.tracking import flatten
+from study.tracking import RunTracker, flatten
 from study.train import train
 from tests.conftest import compose_config
 
@@ -202,11 +203,43 @@ def test_interrupted_run_ends_killed(make_config):
     assert [step for step, _ in history(client, run.info.run_id, "val_accuracy")] == [1]
 
 
+def test_mixed_precision_trains_and_saves_a_loadable_model(make_config):
+    cfg = make_config("trainer.precision=mixed_bfloat16", "trainer.epochs=1")
+    metrics = train(cfg)
+    assert 0.0 <= metrics["val_accuracy"] <= 1.0
+    assert keras.config.dtype_policy().name == "float32"  # the policy was the run's alone
+    client, run = only_run(cfg)
+    folder = Path(client.download_artifacts(run.info.run_id, "checkpoints"))
+    model = keras.saving.load_model(folder / "best.keras")
+    assert model.get_layer("conv1").dtype_policy.name == "mixed_bfloat16"
+    assert model.get_layer("conv1").compute_dtype == "bfloat16"
+    # The logits stay float32, so the cross-entropy is computed at full precision.
+    assert model.get_layer("logits").compute_dtype == "float32"
+
+
+def test_a_metric_batch_the_store_rejects_fails_the_run(make_config):
+    cfg = checked_config(make_config())
+    tracker = RunTracker.start(cfg.mlflow)
+    tracker.log_metrics({"val_accuracy": 0.5}, step=1)
+    tracker.log_metrics({"../escape": 1.0}, step=1)  # MLflow refuses path-like names
+    with pytest.raises(MlflowException), tracker:
+        pass
+    run = tracker.client.get_run(tracker.run_id)
+    assert run.info.status == "FAILED"
+    assert "../escape" in run.data.tags["error"]
+    assert run.data.metrics == {"val_accuracy": 0.5}  # the batch before it was stored
+
+
 @pytest.mark.parametrize(
     ("overrides", "damage", "expected"),
     [
         (["optimizer.learning_rate=-1"], None, "optimizer.learning_rate: expected a number > 0"),
         (["model.dropout_rate=1.5"], None, "model.dropout_rate: expected a number in [0, 1)"),
+        (
+            ["trainer.precision=float16"],
+            None,
+            "trainer.precision: expected float32 or mixed_float16 or mixed_bfloat16",
+        ),
         ([], "missing", "has no t10k-images-idx3-ubyte.gz"),
         ([], "corrupt", "t10k-images-idx3-ubyte.gz: cannot be read or decompressed"),
     ],

@@ -1,0 +1,75 @@
+"""The reference: a bare `keras.Model.fit`, with nothing of the product around it.
+
+Same data, model, optimizer, batch size, epochs and seed as `python -m study.train OVERRIDES`,
+and no MLflow, TensorBoard, checkpoints or callbacks:
+
+    python bench/bare_fit.py model=cnn trainer.epochs=1 data.path=../shared/data/mnist
+    python bench/bare_fit.py --repeat 5 data=digits model=softmax   # 5 fits in one process
+
+Timed: seeding, model build, compile and fit (with the validation pass each epoch, as
+study.train does). Not timed: imports and reading the data. Prints one result line (JSON).
+"""
+
+from __future__ import annotations
+
+import time
+
+import keras
+
+from study import backend
+from study.data import load_dataset
+from study.models import build_model
+from study.optimizers import build_optimizer
+
+from common import main_overrides, print_result, train_config
+
+
+def bare_fit(cfg, dataset) -> dict:
+    trainer = cfg.trainer
+    start = time.perf_counter()
+    # The seeding study.train does (TensorFlow's deterministic kernels too), so both runs train
+    # the same numbers and their validation accuracies can be compared exactly.
+    backend.seed_everything(trainer.seed)
+    keras.config.set_dtype_policy(trainer.precision)
+    model = build_model(cfg.model, dataset.image_shape, dataset.num_classes)
+    model.compile(
+        optimizer=build_optimizer(cfg.optimizer),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        steps_per_execution=trainer.steps_per_execution,
+        jit_compile=trainer.jit_compile,
+    )
+    history = model.fit(
+        dataset.x_train,
+        dataset.y_train,
+        batch_size=trainer.batch_size,
+        epochs=trainer.epochs,
+        validation_data=(dataset.x_val, dataset.y_val),
+        validation_batch_size=trainer.eval_batch_size,
+        verbose=0,
+    )
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "val_accuracy": float(history.history["val_accuracy"][-1])}
+
+
+def main() -> None:
+    repeats, overrides = main_overrides()
+    cfg = train_config(overrides)
+    dataset = load_dataset(cfg.data, cfg.trainer.seed)
+    runs = []
+    for _ in range(repeats):
+        keras.backend.clear_session()  # what a sweep worker does between trials
+        runs.append(bare_fit(cfg, dataset))
+    print_result(
+        {
+            "seconds": [run["seconds"] for run in runs],
+            "val_accuracy": runs[-1]["val_accuracy"],
+            "train_examples": len(dataset.x_train),
+            "epochs": cfg.trainer.epochs,
+            "device": backend.device_name(),
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""The benchmark: how fast are tracked runs and trials, side by side with bare Keras.
+
+    python bench/run.py --data-path ../shared/data/mnist            # about 10 min on 2 CPU cores
+    KERAS_BACKEND=jax python bench/run.py --data-path ... --gpu 0 --slots 1,2,4,8 \\
+        --throughput-model cnn --override trainer.steps_per_execution=50
+
+Three measurements, each side by side in the same run:
+
+1. Per model: a bare `keras.Model.fit` (bench/bare_fit.py) and the same training as a tracked
+   `study.train` run (bench/tracked_fit.py), each in a fresh process, alternating, --rounds
+   times; medians, their ratio, and training images per second.
+2. Fixed overhead per trial: a sweep of trials so small that training is negligible (digits,
+   softmax, one epoch) with one worker; the time from one trial's start to the next, minus
+   the bare fit of the same training (repeated in one process, as a worker would).
+3. Sweep throughput: one fixed small study run with 1 and n workers (CPU cores), or with 1..k
+   trials sharing one GPU (--gpu, --slots): trials per hour.
+
+Prints the tables and writes results.json and one CSV per table to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+from mlflow import MlflowClient
+from tabulate import tabulate
+
+from study.storage import MLFLOW_RUN_ATTR
+
+from common import read_result, steady_median
+
+BENCH_DIR = Path(__file__).resolve().parent
+PROJECT_DIR = BENCH_DIR.parent
+MODELS = ("softmax", "mlp", "cnn")
+SECONDS_PER_HOUR = 3600.0
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data-path", help="MNIST IDX folder or .npz (default: download through Keras)")
+    parser.add_argument("--models", default=",".join(MODELS), help="models of table 1 (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=1, help="epochs of each table-1 run (default: 1)")
+    parser.add_argument("--rounds", type=int, default=3, help="bare/tracked pairs per model (default: 3)")
+    parser.add_argument("--overhead-trials", type=int, default=20, help="trials of study 2 (default: 20)")
+    parser.add_argument("--throughput-trials", type=int, default=12, help="trials of study 3 (default: 12)")
+    parser.add_argument("--throughput-model", default="mlp", help="model of study 3 (default: mlp)")
+    parser.add_argument("--workers", help="worker counts of study 3 on CPU (default: 1,<cores>)")
+    parser.add_argument("--gpu", type=int, help="run study 3 on this GPU, with --slots trials at once")
+    parser.add_argument("--slots", default="1,2,4", help="trials per GPU for --gpu (default: %(default)s)")
+    parser.add_argument(
+        "--override", action="append", default=[], help="a config override for every run (repeatable)"
+    )
+    parser.add_argument("--quick", action="store_true", help="a smoke run: digits data, 1 round, few trials")
+    parser.add_argument("--out", type=Path, help="results folder (default: runs/bench/<time>)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.overhead_trials, args.throughput_trials = 1, 4, 4
+    if args.out is None:
+        args.out = PROJECT_DIR / "runs" / "bench" / datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    args.out = args.out.resolve()
+    return args
+
+
+def data_overrides(args: argparse.Namespace) -> list[str]:
+    if args.quick:
+        return ["data=digits"]
+    return [f"data.path={Path(args.data_path).resolve()}"] if args.data_path else ["data=mnist"]
+
+
+def run_script(args: argparse.Namespace, script: str, overrides: list[str], repeat: int = 1) -> dict:
+    """One bench script in a fresh interpreter; its result line as a dict."""
+    command = [sys.executable, str(BENCH_DIR / script), "--repeat", str(repeat), *overrides]
+    return read_result(run_command(args, command, script.removesuffix(".py")).stdout)
+
+
+def run_command(args: argparse.Namespace, command: list[str], name: str) -> subprocess.CompletedProcess:
+    log_file = args.out / "logs" / f"{name}.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_DIR, env=env)
+    with log_file.open("a") as log:
+        log.write(f"$ {' '.join(command)}\n{process.stdout}\n{process.stderr}\n")
+    if process.returncode != 0:
+        raise RuntimeError(f"{name} failed with exit status {process.returncode}; see {log_file}")
+    return process
+
+
+def prepare_stores(args: argparse.Namespace) -> None:
+    """Create the benchmark's MLflow store up front: making a new database's tables (about
+    2 s, once per store) would otherwise be billed to the first tracked run."""
+    (args.out / "runs").mkdir(parents=True, exist_ok=True)
+    MlflowClient(tracking_uri=tracking_uri(args)).search_experiments()
+
+
+def tracking_uri(args: argparse.Namespace) -> str:
+    return f"sqlite:///{args.out / 'runs' / 'mlflow.db'}"  # the default of conf/mlflow/local.yaml
+
+
+def compare_models(args: argparse.Namespace) -> list[dict]:
+    """Table 1: bare fit against tracked run, per model."""
+    rows = []
+    for model in args.models.split(","):
+        overrides = [
+            *data_overrides(args),
+            f"model={model}",
+            f"trainer.epochs={args.epochs}",
+            "trainer.verbose=0",
+            f"runs_dir={args.out / 'runs'}",
+            *args.override,
+        ]
+        bare, tracked = [], []
+        for round_index in range(args.rounds):
+            # Alternate which goes first, so a slow spell of a shared machine hits both.
+            pair = [("bare_fit.py", bare), ("tracked_fit.py", tracked)]
+            for script, results in pair if round_index % 2 == 0 else reversed(pair):
+                results.append(run_script(args, script, overrides))
+            print(f"  {model}: round {round_index + 1}/{args.rounds} done", flush=True)
+        rows.append(model_row(model, bare, tracked))
+    return rows
+
+
+def model_row(model: str, bare: list[dict], tracked: list[dict]) -> dict:
+    bare_seconds = statistics.median(result["seconds"][0] for result in bare)
+    tracked_seconds = statistics.median(result["seconds"][0] for result in tracked)
+    images = bare[0]["train_examples"] * bare[0]["epochs"]
+    return {
+        "model": model,
+        "epochs": bare[0]["epochs"],
+        "train_examples": bare[0]["train_examples"],
+        "rounds": len(bare),
+        "bare_seconds": bare_seconds,
+        "tracked_seconds": tracked_seconds,
+        "ratio": tracked_seconds / bare_seconds,
+        "bare_images_per_second": images / bare_seconds,
+        "tracked_images_per_second": images / tracked_seconds,
+        # Same seed, same kernels: both must train exactly the same numbers.
+        "same_val_accuracy": len({result["val_accuracy"] for result in bare + tracked}) == 1,
+        "val_accuracy": tracked[0]["val_accuracy"],
+        "device": bare[0]["device"],
+    }
+
+
+def sweep_overrides(args: argparse.Namespace, name: str, n_trials: int) -> list[str]:
+    return [
+        f"runs_dir={args.out / 'runs'}",
+        f"study.name={name}",
+        f"study.n_trials={n_trials}",
+        "study.enqueue_defaults=false",
+        "search_space=learning_rate",
+        "sampler=random",
+        "pruner=none",
+        "trainer.verbose=0",
+        *args.override,
+    ]
+
+
+def run_sweep(args: argparse.Namespace, overrides: list[str], name: str) -> tuple[float, optuna.Study]:
+    start = time.perf_counter()
+    run_command(args, [sys.executable, "-m", "study.sweep", *overrides], name)
+    seconds = time.perf_counter() - start
+    storage = f"sqlite:///{args.out / 'runs' / 'optuna.db'}"
+    return seconds, optuna.load_study(study_name=name, storage=storage)
+
+
+def measure_overhead(args: argparse.Namespace) -> dict:
+    """Table 2: the fixed cost of a trial beyond its training."""
+    training = ["data=digits", "model=softmax", "trainer.epochs=1"]
+    bare = run_script(args, "bare_fit.py", [*training, "trainer.verbose=0", *args.override], repeat=8)
+    name = "bench-overhead"
+    _, study = run_sweep(args, [*training, *sweep_overrides(args, name, args.overhead_trials)], name)
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda trial: trial.datetime_start)
+    starts = [trial.datetime_start.timestamp() for trial in trials]
+    ends = [trial.datetime_complete.timestamp() for trial in trials]
+    # The first trial of a worker pays one-time costs (first trace, first store access).
+    starts, ends = starts[1:], ends[1:]
+    cycles = [later - earlier for earlier, later in itertools.pairwise(starts)]
+    inside = [end - start for start, end in zip(starts, ends, strict=True)]
+    between = [start - end for end, start in zip(ends[:-1], starts[1:], strict=True)]
+    bare_seconds = steady_median(bare["seconds"])
+    cycle = statistics.median(cycles)
+    return {
+        "trials": len(trials),
+        "bare_fit_seconds": bare_seconds,
+        "trial_cycle_seconds": cycle,
+        "fixed_overhead_seconds": cycle - bare_seconds,
+        "inside_trial_seconds": statistics.median(inside),
+        "between_trials_seconds": statistics.median(between),
+        "device": bare["device"],
+    }
+
+
+def measure_throughput(args: argparse.Namespace) -> list[dict]:
+    """Table 3: trials per hour of one fixed study, by workers or GPU slots."""
+    training = [*data_overrides(args), f"model={args.throughput_model}", "trainer.epochs=1"]
+    if args.gpu is not None:
+        settings = [
+            (slots, [f"study.gpus=[{args.gpu}]", f"study.trials_per_gpu={slots}"])
+            for slots in map(int, args.slots.split(","))
+        ]
+    else:
+        workers = args.workers or f"1,{len(os.sched_getaffinity(0))}"
+        settings = [(count, [f"study.n_workers={count}"]) for count in map(int, workers.split(","))]
+    rows = []
+    for slots, placement in settings:
+        name = f"bench-throughput-{slots}"
+        overrides = [*training, *sweep_overrides(args, name, args.throughput_trials), *placement]
+        seconds, study = run_sweep(args, overrides, name)
+        trials = study.get_trials(deepcopy=False)
+        first_start = min(trial.datetime_start for trial in trials)
+        last_end = max(trial.datetime_complete for trial in trials)
+        steady = (last_end - first_start).total_seconds()
+        rows.append(
+            {
+                "slots": slots,
+                "placement": " ".join(placement),
+                "trials": len(trials),
+                "command_seconds": seconds,
+                "trials_per_hour": len(trials) * SECONDS_PER_HOUR / seconds,
+                "steady_trials_per_hour": len(trials) * SECONDS_PER_HOUR / steady,
+                "images_per_second_per_trial": images_per_second(args, trials),
+            }
+        )
+        print(f"  {name}: {len(trials)} trials in {seconds:.1f} s", flush=True)
+    base = rows[0]["trials_per_hour"]
+    for row in rows:
+        row["speed_up"] = row["trials_per_hour"] / base
+    return rows
+
+
+def images_per_second(args: argparse.Namespace, trials: list) -> float:
+    """Mean training images per second of the trials' last epochs, as their runs logged it."""
+    client = MlflowClient(tracking_uri=tracking_uri(args))
+    runs = [client.get_run(trial.user_attrs[MLFLOW_RUN_ATTR]) for trial in trials]
+    return statistics.mean(run.data.metrics["images_per_second"] for run in runs)
+
+
+def report(args: argparse.Namespace, results: dict) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    tables = {
+        "models": ("Tracked run against bare keras.Model.fit", results["models"]),
+        "overhead": ("Fixed overhead per trial (digits, softmax, 1 epoch, 1 worker)", [results["overhead"]]),
+        "throughput": ("Sweep throughput", results["throughput"]),
+    }
+    for name, (title, rows) in tables.items():
+        frame = pd.DataFrame(rows)
+        frame.to_csv(args.out / f"{name}.csv", index=False)
+        table = tabulate(frame, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f")
+        print(f"\n{title}\n{table}")
+    print(f"\n{results['machine']}\nresults: {args.out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_arguments(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"benchmark results go to {args.out}", flush=True)
+    prepare_stores(args)
+    models = compare_models(args)
+    overhead = measure_overhead(args)
+    throughput = measure_throughput(args)
+    machine = (
+        f"{models[0]['device']}, {os.cpu_count()} cores, Keras backend "
+        f"{os.environ.get('KERAS_BACKEND', 'tensorflow')}, overrides {args.override or 'none'}"
+    )
+    results = {
+        "machine": machine,
+        "arguments": {key: str(value) for key, value in vars(args).items()},
+        "models": models,
+        "overhead": overhead,
+        "throughput": throughput,
+    }
+    report(args, results)
+
+
+if __name__ == "__main__":
+    main()

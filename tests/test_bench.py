@@ -1,0 +1,37 @@
+"""The benchmark runs end to end and writes its tables. Wall times are printed, never asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+TITLES = ("Tracked run against bare keras.Model.fit", "Fixed overhead per trial", "Sweep throughput")
+
+
+@pytest.mark.slow
+def test_quick_benchmark_prints_and_writes_its_tables(tmp_path):
+    out = tmp_path / "bench"
+    command = [sys.executable, "bench/run.py", "--quick", "--models", "softmax", "--workers", "1,2"]
+    done = subprocess.run(
+        [*command, "--out", str(out)], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    for title in TITLES:
+        assert title in done.stdout
+    results = json.loads((out / "results.json").read_text())
+    (model,) = results["models"]
+    assert model["model"] == "softmax"
+    assert model["same_val_accuracy"] is True  # the bare fit and the tracked run trained alike
+    assert model["bare_seconds"] > 0 and model["tracked_seconds"] > 0
+    assert results["overhead"]["trials"] == 4
+    assert [row["slots"] for row in results["throughput"]] == [1, 2]
+    assert all(row["trials"] == 4 for row in results["throughput"])
+    assert all(row["images_per_second_per_trial"] > 0 for row in results["throughput"])
+    for name, rows in (("models", 1), ("overhead", 1), ("throughput", 2)):
+        assert len(pd.read_csv(out / f"{name}.csv")) == rows
