@@ -55,6 +55,8 @@ def bare_fit(cfg, dataset) -> dict:
 def main() -> None:
     repeats, overrides = main_overrides()
     cfg = train_config(overrides)
+    if cfg.trainer.max_steps is not None:
+        raise ValueError("trainer.max_steps: the bare fit trains whole epochs; set trainer.epochs instead")
     dataset = load_dataset(cfg.data, cfg.trainer.seed)
     runs = []
     for _ in range(repeats):

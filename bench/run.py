@@ -34,6 +34,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 from mlflow import MlflowClient
+from optuna.trial import TrialState
 from tabulate import tabulate
 
 from study.storage import MLFLOW_RUN_ATTR
@@ -44,6 +45,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = BENCH_DIR.parent
 MODELS = ("softmax", "mlp", "cnn")
 SECONDS_PER_HOUR = 3600.0
+UNMATCHED_KEYS = ("trainer.max_steps", "trainer.verbose")  # bare_fit.py trains whole epochs, silently
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,6 +70,12 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.overhead_trials, args.throughput_trials = 1, 4, 4
+    if args.overhead_trials < 3:
+        parser.error("--overhead-trials: expected 3 or more (the first trial is left out)")
+    if args.rounds < 1:
+        parser.error("--rounds: expected 1 or more")
+    if any(override.split("=", 1)[0].lstrip("+~") in UNMATCHED_KEYS for override in args.override):
+        parser.error(f"--override: the bare fit does not do {', '.join(UNMATCHED_KEYS)}; leave them out")
     if args.out is None:
         args.out = PROJECT_DIR / "runs" / "bench" / datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     args.out = args.out.resolve()
@@ -133,19 +141,24 @@ def compare_models(args: argparse.Namespace) -> list[dict]:
 
 
 def model_row(model: str, bare: list[dict], tracked: list[dict]) -> dict:
-    bare_seconds = statistics.median(result["seconds"][0] for result in bare)
-    tracked_seconds = statistics.median(result["seconds"][0] for result in tracked)
+    """Best of the rounds (timeit's advice: slower rounds measure the machine, not the code)
+    and the medians beside them."""
+    bare_seconds = [result["seconds"][0] for result in bare]
+    tracked_seconds = [result["seconds"][0] for result in tracked]
     images = bare[0]["train_examples"] * bare[0]["epochs"]
     return {
         "model": model,
         "epochs": bare[0]["epochs"],
         "train_examples": bare[0]["train_examples"],
         "rounds": len(bare),
-        "bare_seconds": bare_seconds,
-        "tracked_seconds": tracked_seconds,
-        "ratio": tracked_seconds / bare_seconds,
-        "bare_images_per_second": images / bare_seconds,
-        "tracked_images_per_second": images / tracked_seconds,
+        "bare_best_s": min(bare_seconds),
+        "tracked_best_s": min(tracked_seconds),
+        "ratio": min(tracked_seconds) / min(bare_seconds),
+        "bare_median_s": statistics.median(bare_seconds),
+        "tracked_median_s": statistics.median(tracked_seconds),
+        "median_ratio": statistics.median(tracked_seconds) / statistics.median(bare_seconds),
+        "bare_images_per_s": images / min(bare_seconds),
+        "tracked_images_per_s": images / min(tracked_seconds),
         # Same seed, same kernels: both must train exactly the same numbers.
         "same_val_accuracy": len({result["val_accuracy"] for result in bare + tracked}) == 1,
         "val_accuracy": tracked[0]["val_accuracy"],
@@ -198,7 +211,6 @@ def measure_overhead(args: argparse.Namespace) -> dict:
         "fixed_overhead_seconds": cycle - bare_seconds,
         "inside_trial_seconds": statistics.median(inside),
         "between_trials_seconds": statistics.median(between),
-        "device": bare["device"],
     }
 
 
@@ -211,17 +223,18 @@ def measure_throughput(args: argparse.Namespace) -> list[dict]:
             for slots in map(int, args.slots.split(","))
         ]
     else:
-        workers = args.workers or f"1,{len(os.sched_getaffinity(0))}"
+        workers = args.workers or f"1,{usable_cores()}"
         settings = [(count, [f"study.n_workers={count}"]) for count in map(int, workers.split(","))]
     rows = []
     for slots, placement in settings:
         name = f"bench-throughput-{slots}"
         overrides = [*training, *sweep_overrides(args, name, args.throughput_trials), *placement]
         seconds, study = run_sweep(args, overrides, name)
-        trials = study.get_trials(deepcopy=False)
-        first_start = min(trial.datetime_start for trial in trials)
-        last_end = max(trial.datetime_complete for trial in trials)
+        every = study.get_trials(deepcopy=False)  # with any that failed or lost the race for the last
+        first_start = min(trial.datetime_start for trial in every)
+        last_end = max(trial.datetime_complete for trial in every)
         steady = (last_end - first_start).total_seconds()
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         rows.append(
             {
                 "slots": slots,
@@ -236,28 +249,40 @@ def measure_throughput(args: argparse.Namespace) -> list[dict]:
         print(f"  {name}: {len(trials)} trials in {seconds:.1f} s", flush=True)
     base = rows[0]["trials_per_hour"]
     for row in rows:
-        row["speed_up"] = row["trials_per_hour"] / base
+        row["speed_up"] = row["trials_per_hour"] / base  # against the first setting (1 worker)
     return rows
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def images_per_second(args: argparse.Namespace, trials: list) -> float:
     """Mean training images per second of the trials' last epochs, as their runs logged it."""
     client = MlflowClient(tracking_uri=tracking_uri(args))
     runs = [client.get_run(trial.user_attrs[MLFLOW_RUN_ATTR]) for trial in trials]
-    return statistics.mean(run.data.metrics["images_per_second"] for run in runs)
+    return statistics.mean(run.data.metrics["images_per_second"] for run in runs) if runs else 0.0
 
 
-def report(args: argparse.Namespace, results: dict) -> None:
-    args.out.mkdir(parents=True, exist_ok=True)
+TABLES = {
+    "models": "Tracked run against bare keras.Model.fit",
+    "overhead": "Fixed overhead per trial (digits, softmax, 1 epoch, 1 worker)",
+    "throughput": "Sweep throughput",
+}
+
+
+def save(args: argparse.Namespace, results: dict) -> None:
+    """results.json and the CSV of every table measured so far (after each, in case one fails)."""
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    tables = {
-        "models": ("Tracked run against bare keras.Model.fit", results["models"]),
-        "overhead": ("Fixed overhead per trial (digits, softmax, 1 epoch, 1 worker)", [results["overhead"]]),
-        "throughput": ("Sweep throughput", results["throughput"]),
-    }
-    for name, (title, rows) in tables.items():
-        frame = pd.DataFrame(rows)
-        frame.to_csv(args.out / f"{name}.csv", index=False)
+    for name in TABLES:
+        if results.get(name):
+            rows = results[name] if isinstance(results[name], list) else [results[name]]
+            pd.DataFrame(rows).to_csv(args.out / f"{name}.csv", index=False)
+
+
+def print_tables(args: argparse.Namespace, results: dict) -> None:
+    for name, title in TABLES.items():
+        frame = pd.read_csv(args.out / f"{name}.csv")
         table = tabulate(frame, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f")
         print(f"\n{title}\n{table}")
     print(f"\n{results['machine']}\nresults: {args.out}")
@@ -268,21 +293,19 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"benchmark results go to {args.out}", flush=True)
     prepare_stores(args)
-    models = compare_models(args)
-    overhead = measure_overhead(args)
-    throughput = measure_throughput(args)
-    machine = (
-        f"{models[0]['device']}, {os.cpu_count()} cores, Keras backend "
-        f"{os.environ.get('KERAS_BACKEND', 'tensorflow')}, overrides {args.override or 'none'}"
+    results = {"machine": "", "arguments": {key: str(value) for key, value in vars(args).items()}}
+    results["models"] = compare_models(args)
+    results["machine"] = (
+        f"{results['models'][0]['device']}, {usable_cores()} cores, "
+        f"Keras backend {os.environ.get('KERAS_BACKEND', 'tensorflow')}, "
+        f"overrides: {' '.join(args.override) or 'none'}"
     )
-    results = {
-        "machine": machine,
-        "arguments": {key: str(value) for key, value in vars(args).items()},
-        "models": models,
-        "overhead": overhead,
-        "throughput": throughput,
-    }
-    report(args, results)
+    save(args, results)
+    results["overhead"] = measure_overhead(args)
+    save(args, results)
+    results["throughput"] = measure_throughput(args)
+    save(args, results)
+    print_tables(args, results)
 
 
 if __name__ == "__main__":

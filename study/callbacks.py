@@ -53,12 +53,15 @@ class EpochMetrics(keras.callbacks.Callback):
 
     def on_test_begin(self, logs=None):
         if self._train_end is None:  # validation starts: training of this epoch is done
+            # Reading the step counter waits for the steps the backend still has queued
+            # (GPUs, JAX), so they count as training time, not validation.
+            self._train_steps = self._steps()
             self._train_end = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         end = time.perf_counter()
         train_seconds = (self._train_end or end) - self._start
-        steps = self._steps() - self._start_step
+        steps = (self._train_steps if self._train_end else self._steps()) - self._start_step
         images = min(steps * self.batch_size, self.num_train_examples)
         metrics = {name: float(logs[key]) for key, name in METRIC_NAMES.items() if key in logs}
         metrics["epoch_seconds"] = end - self._start
@@ -78,9 +81,10 @@ class EpochMetrics(keras.callbacks.Callback):
 class BestCheckpoint(keras.callbacks.ModelCheckpoint):
     """Keras' ModelCheckpoint, saving the model whenever val_accuracy improves at an epoch end.
 
-    It is marked async-safe: its per-batch hook does nothing when saving per epoch, and Keras
-    otherwise calls every batch's hooks in line, turning the logs into Python floats, which
-    waits for each train step to finish before the next is dispatched (bench/README.md).
+    It is marked async-safe: its per-batch hook does nothing when saving per epoch. Where Keras
+    may run batch hooks from a thread (JAX; TensorFlow's backend never does), a callback with a
+    per-batch hook that is not async-safe makes it run every batch's hooks in line, turning
+    the logs into Python floats, so each train step waits for the one before it.
     """
 
     async_safe = True

@@ -24,9 +24,12 @@ import optuna
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from study.config import checked_config, checked_sweep_config
+from study.data import load_dataset
 from study.objective import TrialObjective
 from study.pruners import build_pruner
 from study.samplers import build_sampler
@@ -81,7 +84,10 @@ def sweep_composer(config_dir: str, config_name: str, overrides: list[str]) -> C
         kept = merge_overrides(overrides, extra)  # a sampled key beats a command-line one
         cfg = copy.deepcopy(compose_groups(tuple(o for o in kept if o not in values)))
         for override in OverridesParser.create().parse_overrides(values):
-            OmegaConf.update(cfg, override.key_or_group, override.value(), merge=True)
+            try:
+                OmegaConf.update(cfg, override.key_or_group, override.value(), merge=True)
+            except OmegaConfBaseException as error:  # the exception Hydra's compose raises
+                raise ConfigCompositionException(f"Error merging override {override.input_line}") from error
         return cfg
 
     return compose_with
@@ -117,6 +123,7 @@ def run_worker(spec: WorkerSpec) -> int:
     objective = TrialObjective(
         base, settings, compose_with, space, spec.parent_run_id, Path(settings.study.output_dir)
     )
+    load_dataset(base.data, base.trainer.seed)  # into the per-process cache, before the freeze
     # What exists now (interpreter, backend, data, study) lives as long as the worker: the
     # collection after each trial (keras.backend.clear_session) then skips its million objects.
     gc.freeze()

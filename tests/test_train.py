@@ -18,7 +18,7 @@ from study.callbacks import NonFiniteLossError
 from study.config import ConfigError, checked_config
 from study.data import IDX_FILES, load_dataset
 from study.tracking import RunTracker, flatten
-from study.train import train
+from study.train import compile_model, train
 from tests.conftest import compose_config
 
 PER_EPOCH = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "epoch_seconds", "images_per_second")
@@ -215,6 +215,31 @@ def test_mixed_precision_trains_and_saves_a_loadable_model(make_config):
     assert model.get_layer("conv1").compute_dtype == "bfloat16"
     # The logits stay float32, so the cross-entropy is computed at full precision.
     assert model.get_layer("logits").compute_dtype == "float32"
+
+
+def test_mixed_float16_scales_the_loss(make_config):
+    cfg = checked_config(make_config("trainer.precision=mixed_float16"))
+    model = compile_model(cfg, load_dataset(cfg.data, cfg.trainer.seed))
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)  # Keras wraps it
+    assert keras.config.dtype_policy().name == "float32"
+
+
+ASYNC_CHECK = """
+import keras
+from study.callbacks import BestCheckpoint, EpochMetrics
+callbacks = [EpochMetrics(100, 10, sinks=[]), BestCheckpoint("best.keras")]
+print(keras.callbacks.CallbackList(callbacks)._async_train)
+"""
+
+
+def test_run_callbacks_let_keras_dispatch_train_batches_asynchronously(tmp_path):
+    """Where Keras may call batch hooks from a thread (JAX; TensorFlow never does), one hook it
+    must call in line makes every train step wait for the last; a run's callbacks have none."""
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    done = subprocess.run(
+        [sys.executable, "-c", ASYNC_CHECK], capture_output=True, text=True, cwd=tmp_path, env=env
+    )
+    assert done.stdout.strip() == "True", done.stderr[-2000:]
 
 
 def test_a_metric_batch_the_store_rejects_fails_the_run(make_config):
