@@ -1,6 +1,6 @@
 """The benchmark: how fast are tracked runs and trials, side by side with bare Keras.
 
-    python bench/run.py --data-path ../shared/data/mnist            # about 10 min on 2 CPU cores
+    python bench/run.py --data-path ../shared/data/mnist            # about 13 min on 2 CPU cores
     KERAS_BACKEND=jax python bench/run.py --data-path ... --gpu 0 --slots 1,2,4,8 \\
         --throughput-model cnn --override trainer.steps_per_execution=50
 
