@@ -21,6 +21,7 @@ from mlflow import MlflowClient
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from study.storage import WORKER_ATTR
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -194,10 +195,13 @@ def test_sigkilled_worker_is_replaced_and_its_trial_retried(sweep_setup, postgre
         )
 
     deadline = time.time() + 180
-    while running_trial_with_run() is None or len(worker_pids(driver.pid)) < 2:
+    while (trial := running_trial_with_run()) is None or len(worker_pids(driver.pid)) < 2:
         assert time.time() < deadline, "no trial started"
         time.sleep(0.5)
-    os.kill(worker_pids(driver.pid)[0], signal.SIGKILL)
+    # The worker that runs this trial (the other may still be starting, or between trials).
+    worker_pid = int(trial.user_attrs[WORKER_ATTR].rsplit(":", 1)[1])
+    assert worker_pid in worker_pids(driver.pid)
+    os.kill(worker_pid, signal.SIGKILL)
     output = finish(driver)
     assert "starting a replacement" in output
 
