@@ -31,17 +31,14 @@ def read_result(stdout: str) -> dict:
     return json.loads(lines[-1].removeprefix(RESULT_PREFIX))
 
 
-def repeat_arguments(argv: list[str]) -> tuple[int, list[str]]:
-    """(repeats, overrides) from `[--repeat N] OVERRIDES...`."""
-    if len(argv) >= 2 and argv[0] == "--repeat":
-        return int(argv[1]), argv[2:]
-    return 1, argv
-
-
 def steady_median(values: list[float]) -> float:
     """The median without the first value when there are several (the first pays warm-up)."""
     return statistics.median(values[1:] if len(values) > 2 else values)
 
 
 def main_overrides() -> tuple[int, list[str]]:
-    return repeat_arguments(sys.argv[1:])
+    """(repeats, overrides) from a script's `[--repeat N] OVERRIDES...`."""
+    argv = sys.argv[1:]
+    if len(argv) >= 2 and argv[0] == "--repeat":
+        return int(argv[1]), argv[2:]
+    return 1, argv
