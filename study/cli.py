@@ -1,4 +1,5 @@
-"""Running a `@hydra.main` function as a command whose input errors are one line."""
+"""Running a `@hydra.main` function as a command whose input errors are one line and whose
+output never shows a password."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from study.config import ConfigError, describe_error
+from study.masking import mask_console, mask_files, mask_log_records, mask_secrets
 
-INPUT_ERRORS = (ConfigError, HydraException, OmegaConfBaseException)
+INPUT_ERRORS = (ConfigError, HydraException, OmegaConfBaseException, yaml.YAMLError)
 
 
 def run_cli(hydra_main: Callable[[], object]) -> None:
@@ -23,8 +27,10 @@ def run_cli(hydra_main: Callable[[], object]) -> None:
     Hydra prints multi-line reports (search paths, stack hints) for config errors. With
     HYDRA_FULL_ERROR set it raises instead, and the error becomes one line naming the key or
     file. Other exceptions keep their full traceback. SIGTERM is turned into SystemExit so
-    runs in flight end KILLED instead of staying RUNNING.
+    runs in flight end KILLED instead of staying RUNNING. Credentials in URLs are masked in
+    everything the command prints, tracebacks and Hydra's own lines included.
     """
+    mask_console()
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
@@ -38,10 +44,16 @@ def run_cli(hydra_main: Callable[[], object]) -> None:
 
 def report_input_errors(task_function: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """For the function under @hydra.main: bad input raised inside it exits with one line too
-    (Hydra would first print the overrides of the failed job)."""
+    (Hydra would first print the overrides of the failed job).
+
+    First of all, the files Hydra has just written for the job (`.hydra/config.yaml`,
+    `hydra.yaml`, `overrides.yaml`) and its log file get credentials masked, also when the
+    job then fails.
+    """
 
     @functools.wraps(task_function)
     def wrapper(cfg):
+        mask_hydra_output()
         try:
             return task_function(cfg)
         except INPUT_ERRORS as error:
@@ -50,9 +62,21 @@ def report_input_errors(task_function: Callable[[Any], Any]) -> Callable[[Any], 
     return wrapper
 
 
+def mask_hydra_output() -> None:
+    """Mask credentials in the job's Hydra output folder and in what its loggers write."""
+    from hydra.core.hydra_config import HydraConfig
+
+    mask_log_records()
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.output_subdir is not None:
+        mask_files(Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir)
+
+
 def exit_with_input_error(error: BaseException) -> None:
     program = os.path.basename(sys.argv[0]).removesuffix(".py")
-    print(f"study.{program}: error: {describe_error(error)}", file=sys.stderr)
+    print(f"study.{program}: error: {mask_secrets(describe_error(error))}", file=sys.stderr)
     sys.exit(2)
 
 

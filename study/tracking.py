@@ -12,8 +12,10 @@ fixed cost a trial of a study may have (bench/README.md).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import re
+import os
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -30,6 +32,9 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 from mlflow.utils.time import get_current_time_millis
 from omegaconf import DictConfig
 
+from study.config import ConfigError
+from study.masking import error_line, mask_secrets, write_masked  # noqa: F401 - callers import them here too
+
 log = logging.getLogger(__name__)
 
 # MLflow's limits for one log_batch call and for one value.
@@ -42,22 +47,6 @@ LOCAL_STORE_SCHEMES = ("sqlite:", "file:")
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The MLflow UI opens an experiment of this kind on its model-training view (runs, metrics).
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
-
-
-# scheme://user:password@host -> scheme://user:***@host; ?password=... and the like too.
-# The password runs to the last "@" of the authority, so "p@ss" is masked whole.
-_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^:/@\s]*:)([^/\s]*)(@)")
-_QUERY_SECRET = re.compile(r"((?:password|passwd|pwd|token|secret|access_key|secret_key)=)([^&\s]+)", re.I)
-
-
-def mask_secrets(text: str) -> str:
-    """Hide credentials in URLs before anything is logged, written as an artifact or printed."""
-    return _QUERY_SECRET.sub(r"\1***", _URL_PASSWORD.sub(r"\1***\3", text))
-
-
-def write_masked(path: Path, text: str) -> Path:
-    path.write_text(mask_secrets(text))
-    return path
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -130,7 +119,9 @@ class RunTracker:
         if parent_run_id:
             run_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
         masked = {key: mask_secrets(str(value))[:MAX_TAG_LENGTH] for key, value in run_tags.items()}
-        run = client.create_run(experiment_id, tags=masked, run_name=run_name)
+        # MLflow keeps the name as the run's name and its mlflow.runName tag: masked too.
+        name = mask_secrets(run_name) if run_name else None
+        run = client.create_run(experiment_id, tags=masked, run_name=name)
         log.info(
             "MLflow run %s (%s) in %s",
             run.info.run_id,
@@ -223,3 +214,60 @@ def end_run_if_running(client: MlflowClient, run_id: str, error: BaseException |
 def _chunks(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+# --- opening the store: bad input is one line, before anything is written ---------------------
+
+CHECK_RETRIES = "1"  # a start-up check fails fast; MLflow's own retries are for runs in flight
+
+
+def check_tracking_store(mlflow_cfg: DictConfig) -> None:
+    """Read the run's experiment from the tracking store, before anything is written there.
+
+    An unreachable or unusable store, or an experiment that was deleted (MLflow refuses new
+    runs in it), raises ConfigError naming the key.
+    """
+    uri = mlflow_cfg.tracking_uri
+    if missing_local_store(uri) is not None:
+        return  # a new local store: nothing to read, and nothing is written before the run
+    try:
+        with _environment(MLFLOW_HTTP_REQUEST_MAX_RETRIES=CHECK_RETRIES):
+            experiment = MlflowClient(tracking_uri=uri).get_experiment_by_name(mlflow_cfg.experiment_name)
+    except Exception as error:
+        where = mask_secrets(uri)
+        raise ConfigError(f"mlflow.tracking_uri: cannot use {where}: {error_line(error)}") from error
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        raise ConfigError(
+            f"mlflow.experiment_name: experiment {mlflow_cfg.experiment_name!r} is deleted in "
+            f"{mask_secrets(uri)}; restore it (mlflow experiments restore --experiment-id "
+            f"{experiment.experiment_id}) or pick another name"
+        )
+
+
+def missing_local_store(uri: str) -> str | None:
+    """For a local store (sqlite:///file, file: or a folder) that does not exist: its path.
+
+    Commands that only read runs refuse such a store instead of creating an empty one.
+    """
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme == "sqlite":
+        path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    elif parts.scheme == "file":
+        path = parts.path
+    elif not parts.scheme:
+        path = uri
+    else:
+        return None
+    return None if Path(path).exists() else path
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """Environment variables for the block only, unless the user set them."""
+    added = {key: value for key, value in values.items() if key not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)

@@ -30,6 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from study.config import checked_config, checked_sweep_config
 from study.data import load_dataset
+from study.masking import mask_console
 from study.objective import TrialObjective
 from study.pruners import build_pruner
 from study.samplers import build_sampler
@@ -154,6 +155,7 @@ def interrupt_once(signum, frame) -> None:
 
 
 def main() -> None:
+    mask_console()  # its log file shows no password, also in MLflow's or SQLAlchemy's errors
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     # Ctrl-C (SIGINT from the terminal) or SIGTERM from the driver: stop once, like Ctrl-C, so
     # the trial is failed and its run ended KILLED; a second signal must not cut that short.
