@@ -1,22 +1,29 @@
 """Everything that depends on which Keras backend runs: seeding, device facts, versions.
 
 TensorFlow is imported here only, and only when it is the backend, so model and training code
-run unchanged with KERAS_BACKEND=jax on machines without TensorFlow.
+run unchanged with KERAS_BACKEND=jax on machines without TensorFlow. Keras itself is imported
+by the functions that need it: versions and GPU indices are known without starting a backend.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.metadata
+import os
 import platform
+import re
+import subprocess
+from pathlib import Path
 
-import keras
+NVIDIA_PROC_DIR = Path("/proc/driver/nvidia/gpus")  # one entry per GPU the driver sees
 
 VERSIONED_PACKAGES = ("keras", "tensorflow", "jax", "jaxlib", "numpy", "mlflow", "optuna", "hydra-core")
 
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and the backend, and ask the backend for deterministic kernels."""
+    import keras
+
     keras.utils.set_random_seed(seed)
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
@@ -26,6 +33,8 @@ def seed_everything(seed: int) -> None:
 
 def device_name() -> str:
     """The accelerator training runs on, or the CPU."""
+    import keras
+
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
@@ -62,3 +71,37 @@ def _version(package: str) -> str:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return ""
+
+
+def visible_gpus() -> tuple[list[int], str]:
+    """Indices of the NVIDIA GPUs this process may use, and where they were found.
+
+    Found without starting a backend: `nvidia-smi -L`, else the driver's /proc entries. When
+    CUDA_VISIBLE_DEVICES is set, only the GPUs it lists (by index or UUID) are visible.
+    """
+    gpus, source = _machine_gpus()
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return sorted(gpus), source
+    visible = []
+    for entry in (part.strip() for part in listed.split(",")):
+        by_uuid = (index for index, uuid in gpus.items() if uuid and uuid == entry)
+        index = int(entry) if entry.isdigit() else next(by_uuid, None)
+        if index is None or index not in gpus:
+            break  # CUDA ignores the entries after the first invalid one
+        visible.append(index)
+    return visible, f"{source}, CUDA_VISIBLE_DEVICES={listed!r}"
+
+
+def _machine_gpus() -> tuple[dict[int, str], str]:
+    """{index: UUID} of the machine's NVIDIA GPUs."""
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        listed = None
+    if listed is not None and listed.returncode == 0:
+        found = re.finditer(r"^GPU (\d+):.*?(?:\(UUID: (\S+)\))?$", listed.stdout, re.MULTILINE)
+        return {int(match[1]): match[2] or "" for match in found}, "nvidia-smi -L"
+    if NVIDIA_PROC_DIR.is_dir():
+        return {index: "" for index in range(len(list(NVIDIA_PROC_DIR.iterdir())))}, str(NVIDIA_PROC_DIR)
+    return {}, "no nvidia-smi and no NVIDIA driver found"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import keras
 import optuna
 from omegaconf import DictConfig
 from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -69,6 +68,8 @@ class TrialObjective:
             logdir = self.study_dir / "tensorboard" / f"trial_{trial.number:04d}"
             write_hparams(logdir, trial.params, trial_id=f"trial_{trial.number:04d}")
             cfg = self.compose(as_overrides(sampled))
+            import keras  # here: the driver imports this module before it checks the config
+
             keras.backend.clear_session()  # each trial builds its model in a fresh graph
             metrics = train(
                 cfg,

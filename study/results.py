@@ -7,15 +7,12 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import keras
-import matplotlib.pyplot as plt
 import numpy as np
 import optuna
 import pandas as pd
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
-from sklearn.metrics import ConfusionMatrixDisplay
 
 from study.config import checked_config
 from study.data import load_dataset
@@ -64,6 +61,8 @@ def _row(trial: FrozenTrial) -> dict:
 
 def log_plots(study: optuna.Study, client: MlflowClient, run_id: str, folder: Path) -> list[str]:
     """Optuna's standard plots as PNG files on the parent run; skips those the data can't make."""
+    import matplotlib.pyplot as plt  # here, like Keras below: config errors must not wait for them
+
     made = []
     for name, plot in PLOTS.items():
         try:
@@ -85,6 +84,10 @@ def log_plots(study: optuna.Study, client: MlflowClient, run_id: str, folder: Pa
 
 def evaluate_winner(study: optuna.Study, client: MlflowClient, parent_run_id: str, folder: Path) -> dict:
     """The best trial's best checkpoint, evaluated once on the test set; logged on the parent."""
+    import keras
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
     best = study.best_trial
     run_id = best.user_attrs[MLFLOW_RUN_ATTR]
     with tempfile.TemporaryDirectory(prefix="study-winner-") as scratch:

@@ -14,21 +14,22 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
-import keras
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from study import backend
-from study.callbacks import BestCheckpoint, EpochMetrics, StepBudget
 from study.cli import report_input_errors, run_cli
 from study.config import checked_config
 from study.data import Dataset, load_dataset
-from study.models import build_model
-from study.optimizers import build_optimizer
-from study.tensorboard import ScalarWriter
-from study.tracking import RunTracker, flatten, write_masked
+
+# Keras (and with it TensorFlow) and MLflow are imported where a run needs them, not here:
+# a typo on the command line is reported in about a second instead of after their start-up.
+if TYPE_CHECKING:
+    import keras
+
+    from study.tracking import RunTracker
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,11 @@ def train(
     """
     cfg = checked_config(cfg)
     dataset = load_dataset(cfg.data, cfg.trainer.seed)  # the last input check: data files
+    from study import backend
+    from study.tracking import RunTracker, check_tracking_store
+
+    if run_id is None:  # a trial's run exists: the study's driver checked the store
+        check_tracking_store(cfg.mlflow)
     with tempfile.TemporaryDirectory(prefix="study-") as scratch:
         folder = Path(output_dir) if output_dir is not None else Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
@@ -82,6 +88,11 @@ def train(
 
 
 def compile_model(cfg: DictConfig, dataset: Dataset) -> keras.Model:
+    import keras
+
+    from study.models import build_model
+    from study.optimizers import build_optimizer
+
     with dtype_policy(cfg.trainer.precision):  # layers take the policy when they are built
         model = build_model(cfg.model, dataset.image_shape, dataset.num_classes)
     model.compile(
@@ -97,6 +108,10 @@ def compile_model(cfg: DictConfig, dataset: Dataset) -> keras.Model:
 @contextlib.contextmanager
 def dtype_policy(name: str) -> Iterator[None]:
     """Keras' global dtype policy for the block only: the next run starts from float32 again."""
+    import keras
+
+    from study import backend
+
     if name != "float32" and backend.device_name().startswith("CPU"):
         log.warning("trainer.precision=%s on a CPU: mixed precision pays off on GPUs only", name)
     previous = keras.config.dtype_policy()
@@ -109,6 +124,11 @@ def dtype_policy(name: str) -> Iterator[None]:
 
 def log_run_description(tracker: RunTracker, cfg: DictConfig, dataset: Dataset) -> None:
     """Params (the whole config, flattened) and the tags that say what ran where."""
+    import keras
+
+    from study import backend
+    from study.tracking import flatten
+
     tracker.log_params(flatten(OmegaConf.to_container(cfg)))
     versions = {f"versions.{name}": version for name, version in backend.package_versions().items()}
     tracker.set_tags(
@@ -134,6 +154,9 @@ def fit_and_evaluate(
     on_epoch_end: EpochCallback | None,
     evaluate_test: bool = True,
 ) -> dict[str, float]:
+    from study.callbacks import BestCheckpoint, EpochMetrics, StepBudget
+    from study.tensorboard import ScalarWriter
+
     trainer = cfg.trainer
     config_file = write_replay_config(cfg, folder / "config.yaml")
     tracker.log_artifact(config_file)
@@ -200,6 +223,8 @@ def summarize(
 
 def write_replay_config(cfg: DictConfig, path: Path) -> Path:
     """The resolved config as the primary config of a replay (`--config-name config`)."""
+    from study.tracking import write_masked
+
     body = OmegaConf.to_yaml({**OmegaConf.to_container(cfg), **REPLAY_HYDRA_BLOCK})
     return write_masked(path, REPLAY_HEADER + body)
 
