@@ -5,26 +5,74 @@ Every group option in `conf/` extends its schema (`defaults: [/schema/model/cnn@
 so a typo or a wrong type in a YAML file or a command-line override fails at compose time.
 `checked_config` applies the same schemas again to a config that did not come through
 composition (a replayed `config.yaml`, a hand-made `DictConfig`) and checks value ranges
-that types cannot express.
+that types cannot express. Each range check is declared on its field
+(`field(default=..., metadata=must(...))`), so a new key and its check are one line.
+
+Nothing here imports Keras, TensorFlow or MLflow: a bad value is reported in about a second.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from study.masking import mask_secrets
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # Keras dtype policies
+CHECK = "check"  # the dataclass field metadata key of a value check
+MACHINE_CHECK = "machine_check"  # a check of this machine (its GPUs), made by the driver only
 
 
 class ConfigError(ValueError):
     """Bad user input: a config key, a value or a data file. Its message is one line."""
+
+
+# --- value checks, declared on the schema fields ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Check:
+    """What a field's value must be: `problem(value)` says what was expected, or None if valid."""
+
+    problem: Callable[[Any], str | None]
+
+
+def must(expected: str, is_valid: Callable[[Any], bool]) -> dict[str, Check]:
+    """Field metadata: the value must satisfy `is_valid`; `expected` says so in the error."""
+    return {CHECK: Check(lambda value: None if is_valid(value) else expected)}
+
+
+def at_least(low: int, *, optional: bool = False) -> dict[str, Check]:
+    expected = f"an integer >= {low}"
+    if optional:
+        return must(f"null or {expected}", lambda v: v is None or v >= low)
+    return must(expected, lambda v: v >= low)
+
+
+def auto_or_at_least(low: int) -> dict[str, Check]:
+    return must(f"'auto' or an integer >= {low}", lambda v: v == "auto" or (_is_int(v) and v >= low))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+POSITIVE = must("a number > 0", lambda v: v > 0)
+FRACTION = must("a number in [0, 1)", lambda v: 0 <= v < 1)  # dropout, Adam's betas, RMSprop's rho
+FRACTION_CLOSED = must("a number in [0, 1]", lambda v: 0 <= v <= 1)
+SEED = must("an integer in [0, 2**32 - 1]", lambda v: 0 <= v < 2**32)  # NumPy's seed range
+OPTIONAL_SEED = must("null or an integer in [0, 2**32 - 1]", lambda v: v is None or 0 <= v < 2**32)
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -34,8 +82,8 @@ class ConfigError(ValueError):
 class DataConfig:
     name: str = MISSING  # mnist | fashion_mnist | digits
     path: str | None = None  # local folder of IDX .gz files or a Keras-format .npz
-    validation_size: int = 5000  # carved from the training set with trainer.seed
-    max_train_samples: int | None = None  # keep only this many training examples
+    validation_size: int = field(default=5000, metadata=at_least(1))  # carved with trainer.seed
+    max_train_samples: int | None = field(default=None, metadata=at_least(1, optional=True))
 
 
 # --- models ---------------------------------------------------------------------------------
@@ -49,19 +97,19 @@ class SoftmaxConfig:
 @dataclass
 class MlpConfig:
     name: str = "mlp"
-    hidden1_units: int = 128
-    hidden2_units: int = 32
-    dropout_rate: float = 0.0
+    hidden1_units: int = field(default=128, metadata=at_least(1))
+    hidden2_units: int = field(default=32, metadata=at_least(1))
+    dropout_rate: float = field(default=0.0, metadata=FRACTION)
 
 
 @dataclass
 class CnnConfig:
     name: str = "cnn"
-    filters1: int = 32
-    filters2: int = 64
-    kernel_size: int = 5
-    dense_units: int = 1024
-    dropout_rate: float = 0.5
+    filters1: int = field(default=32, metadata=at_least(1))
+    filters2: int = field(default=64, metadata=at_least(1))
+    kernel_size: int = field(default=5, metadata=at_least(1))
+    dense_units: int = field(default=1024, metadata=at_least(1))
+    dropout_rate: float = field(default=0.5, metadata=FRACTION)
 
 
 # --- optimizers -----------------------------------------------------------------------------
@@ -70,27 +118,27 @@ class CnnConfig:
 @dataclass
 class SgdConfig:
     name: str = "sgd"
-    learning_rate: float = 0.01
-    momentum: float = 0.0
+    learning_rate: float = field(default=0.01, metadata=POSITIVE)
+    momentum: float = field(default=0.0, metadata=FRACTION_CLOSED)
     nesterov: bool = False
 
 
 @dataclass
 class AdamConfig:
     name: str = "adam"
-    learning_rate: float = 0.001
-    beta_1: float = 0.9
-    beta_2: float = 0.999
-    epsilon: float = 1e-7
+    learning_rate: float = field(default=0.001, metadata=POSITIVE)
+    beta_1: float = field(default=0.9, metadata=FRACTION)
+    beta_2: float = field(default=0.999, metadata=FRACTION)
+    epsilon: float = field(default=1e-7, metadata=POSITIVE)
 
 
 @dataclass
 class RmspropConfig:
     name: str = "rmsprop"
-    learning_rate: float = 0.001
-    rho: float = 0.9
-    momentum: float = 0.0
-    epsilon: float = 1e-7
+    learning_rate: float = field(default=0.001, metadata=POSITIVE)
+    rho: float = field(default=0.9, metadata=FRACTION)
+    momentum: float = field(default=0.0, metadata=FRACTION)
+    epsilon: float = field(default=1e-7, metadata=POSITIVE)
 
 
 # --- trainer and tracking -------------------------------------------------------------------
@@ -98,22 +146,30 @@ class RmspropConfig:
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 3
-    batch_size: int = 50
+    epochs: int = field(default=3, metadata=at_least(1))
+    batch_size: int = field(default=50, metadata=at_least(1))
     # When set, train exactly this many optimizer steps; the number of epochs follows from it.
-    max_steps: int | None = None
-    seed: int = 42
-    eval_batch_size: int = 1000
-    steps_per_execution: int = 1
-    jit_compile: Any = "auto"  # "auto", true or false, as keras.Model.compile takes it
+    max_steps: int | None = field(default=None, metadata=at_least(1, optional=True))
+    seed: int = field(default=42, metadata=SEED)
+    eval_batch_size: int = field(default=1000, metadata=at_least(1))
+    steps_per_execution: int = field(default=1, metadata=at_least(1))
+    # "auto", true or false, as keras.Model.compile takes it.
+    jit_compile: Any = field(
+        default="auto", metadata=must("'auto', true or false", lambda v: v in ("auto", True, False))
+    )
     # Keras dtype policy: float32, or mixed_float16 / mixed_bfloat16 (GPUs with tensor cores).
-    precision: str = "float32"
-    verbose: int = 2  # Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch
+    precision: str = field(
+        default="float32", metadata=must(" or ".join(PRECISIONS), lambda v: v in PRECISIONS)
+    )
+    # Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.
+    verbose: int = field(default=2, metadata=must("0, 1 or 2", lambda v: v in (0, 1, 2)))
 
 
 @dataclass
 class MlflowConfig:
-    tracking_uri: str = "sqlite:///${runs_dir}/mlflow.db"
+    tracking_uri: str = field(
+        default="sqlite:///${runs_dir}/mlflow.db", metadata={CHECK: Check(lambda v: tracking_uri_problem(v))}
+    )
     experiment_name: str = "study"
     # Where a new experiment keeps its artifacts; ignored when the experiment exists.
     artifact_location: str = "${runs_dir}/mlartifacts"
@@ -136,19 +192,36 @@ class TrainConfig:
 
 @dataclass
 class StudyConfig:
-    name: str = "default"
-    n_trials: int = 20  # complete + pruned trials in the whole study, earlier sessions included
-    timeout: float | None = None  # seconds; no new trial starts after it (this session)
-    direction: str = "maximize"  # the objective is the best validation accuracy of a trial
+    name: str = field(
+        default="default",
+        metadata=must(
+            "letters, digits, '_', '.' and '-'",
+            lambda v: re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v) is not None,
+        ),
+    )
+    # Complete + pruned trials in the whole study, earlier sessions included.
+    n_trials: int = field(default=20, metadata=at_least(1))
+    # Seconds; no new trial starts after it (this session).
+    timeout: float | None = field(default=None, metadata=must("null or > 0", lambda v: v is None or v > 0))
+    # The objective is the best validation accuracy of a trial.
+    direction: str = field(
+        default="maximize", metadata=must("'maximize' (validation accuracy)", lambda v: v == "maximize")
+    )
     # An Optuna storage URL (sqlite:///..., postgresql://..., mysql://...) or a journal file path.
-    storage: str = "sqlite:///${runs_dir}/optuna.db"
-    n_workers: int = 1  # worker processes; with gpus, at most len(gpus) * trials_per_gpu
-    gpus: list[int] = field(default_factory=list)
-    trials_per_gpu: int = 1
+    storage: str = field(
+        default="sqlite:///${runs_dir}/optuna.db", metadata={CHECK: Check(lambda v: storage_problem(v))}
+    )
+    # Worker processes; with gpus, at most len(gpus) * trials_per_gpu.
+    n_workers: int = field(default=1, metadata=at_least(1))
+    # GPU indices of this machine (nvidia-smi -L), as CUDA_VISIBLE_DEVICES lets the driver see them.
+    gpus: list[int] = field(default_factory=list, metadata={MACHINE_CHECK: Check(lambda v: gpus_problem(v))})
+    trials_per_gpu: int = field(default=1, metadata=at_least(1))
     enqueue_defaults: bool = True  # trial 0 tries the base config's values: a baseline to beat
-    heartbeat_interval: int = 10  # seconds; a worker silent for 2x this is declared dead
-    max_retry: int = 1  # re-runs of a trial whose worker died
-    max_failed_trials: int | None = None  # stop after this many failed trials (default: n_trials)
+    # Seconds; a worker silent for 2x this is declared dead.
+    heartbeat_interval: int = field(default=10, metadata=at_least(1))
+    max_retry: int = field(default=1, metadata=at_least(0))  # re-runs of a trial whose worker died
+    # Stop after this many failed trials (default: n_trials).
+    max_failed_trials: int | None = field(default=None, metadata=at_least(1, optional=True))
     output_dir: str = "${runs_dir}/studies/${study.name}"
 
 
@@ -172,8 +245,8 @@ class ParamSpec:
 @dataclass
 class TpeSamplerConfig:
     name: str = "tpe"
-    seed: int | None = 42
-    n_startup_trials: int = 5
+    seed: int | None = field(default=42, metadata=OPTIONAL_SEED)
+    n_startup_trials: int = field(default=5, metadata=at_least(0))
     multivariate: bool = True
     group: bool = True  # conditional spaces: sample each sub-space jointly
     constant_liar: bool = True  # parallel workers avoid sampling the same point
@@ -182,51 +255,51 @@ class TpeSamplerConfig:
 @dataclass
 class RandomSamplerConfig:
     name: str = "random"
-    seed: int | None = 42
+    seed: int | None = field(default=42, metadata=OPTIONAL_SEED)
 
 
 @dataclass
 class GridSamplerConfig:
     name: str = "grid"
-    seed: int | None = 42
+    seed: int | None = field(default=42, metadata=OPTIONAL_SEED)
 
 
 @dataclass
 class CmaesSamplerConfig:
     name: str = "cmaes"
-    seed: int | None = 42
-    n_startup_trials: int = 1
+    seed: int | None = field(default=42, metadata=OPTIONAL_SEED)
+    n_startup_trials: int = field(default=1, metadata=at_least(0))
 
 
 @dataclass
 class GpSamplerConfig:
     name: str = "gp"
-    seed: int | None = 42
-    n_startup_trials: int = 10
+    seed: int | None = field(default=42, metadata=OPTIONAL_SEED)
+    n_startup_trials: int = field(default=10, metadata=at_least(0))
 
 
 @dataclass
 class MedianPrunerConfig:
     name: str = "median"
-    n_startup_trials: int = 3  # complete trials before any pruning
-    n_warmup_steps: int = 0  # epochs reported before a trial can be pruned
-    interval_steps: int = 1
+    n_startup_trials: int = field(default=3, metadata=at_least(0))  # complete trials before any pruning
+    n_warmup_steps: int = field(default=0, metadata=at_least(0))  # epochs before a trial can be pruned
+    interval_steps: int = field(default=1, metadata=at_least(1))
 
 
 @dataclass
 class HyperbandPrunerConfig:
     name: str = "hyperband"
-    min_resource: int = 1
-    max_resource: Any = "auto"  # "auto" or a number of epochs
-    reduction_factor: int = 3
+    min_resource: int = field(default=1, metadata=at_least(1))
+    max_resource: Any = field(default="auto", metadata=auto_or_at_least(1))  # "auto" or epochs
+    reduction_factor: int = field(default=3, metadata=at_least(2))
 
 
 @dataclass
 class SuccessiveHalvingPrunerConfig:
     name: str = "successive_halving"
-    min_resource: Any = "auto"
-    reduction_factor: int = 4
-    min_early_stopping_rate: int = 0
+    min_resource: Any = field(default="auto", metadata=auto_or_at_least(1))
+    reduction_factor: int = field(default=4, metadata=at_least(2))
+    min_early_stopping_rate: int = field(default=0, metadata=at_least(0))
 
 
 @dataclass
@@ -234,7 +307,7 @@ class ThresholdPrunerConfig:
     name: str = "threshold"
     lower: float | None = None  # prune a trial whose validation accuracy falls below this
     upper: float | None = None
-    n_warmup_steps: int = 0
+    n_warmup_steps: int = field(default=0, metadata=at_least(0))
 
 
 @dataclass
@@ -303,19 +376,30 @@ register_configs()
 def checked_config(cfg: DictConfig) -> DictConfig:
     """Return `cfg` typed by its schemas, resolved and read-only, or raise ConfigError."""
     try:
-        plain = OmegaConf.to_container(cfg, resolve=True)
-        if not isinstance(plain, dict):
-            raise ConfigError(f"the config must be a mapping, got {type(plain).__name__}")
-        for key in ("hydra", *SWEEP_KEYS):  # a study's config trains like a plain run
+        plain = resolved_without_hydra(cfg)
+        for key in SWEEP_KEYS:  # a study's config trains like a plain run
             plain.pop(key, None)
         typed = OmegaConf.merge(OmegaConf.structured(TrainConfig), _typed_groups(plain, SCHEMAS))
         OmegaConf.resolve(typed)  # schema defaults may interpolate, e.g. ${runs_dir}
         OmegaConf.to_container(typed, throw_on_missing=True)
     except OmegaConfBaseException as error:
         raise ConfigError(describe_omegaconf_error(error)) from None
-    _check_values(typed)
+    check_fields(typed)
     OmegaConf.set_readonly(typed, True)
     return typed
+
+
+def resolved_without_hydra(cfg: DictConfig) -> dict:
+    """The config as plain containers, resolved, without Hydra's own block.
+
+    The `hydra:` block of a replayed config.yaml is dropped unresolved: it interpolates
+    `${now:...}`, a resolver that exists only inside a running Hydra app.
+    """
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    if not isinstance(plain, dict):
+        raise ConfigError(f"the config must be a mapping, got {type(plain).__name__}")
+    plain.pop("hydra", None)
+    return OmegaConf.to_container(OmegaConf.create(plain), resolve=True)
 
 
 def _typed_groups(plain: dict, schemas: dict[str, dict[str, type]]) -> dict:
@@ -341,7 +425,7 @@ def checked_sweep_config(cfg: DictConfig) -> DictConfig:
     The train part is checked by `checked_config`; each trial's config is checked again.
     """
     try:
-        plain = OmegaConf.to_container(cfg, resolve=True)
+        plain = resolved_without_hydra(cfg)
         sweep_part = {key: plain.get(key) for key in SWEEP_KEYS}
         typed = OmegaConf.merge(
             OmegaConf.structured(SweepStudyPart), _typed_groups(sweep_part, SWEEP_SCHEMAS)
@@ -349,95 +433,150 @@ def checked_sweep_config(cfg: DictConfig) -> DictConfig:
         OmegaConf.to_container(typed, throw_on_missing=True)
     except OmegaConfBaseException as error:
         raise ConfigError(describe_omegaconf_error(error)) from None
-    study = typed.study
-    checks = [
-        ("study.n_trials", study.n_trials >= 1, "an integer >= 1", study.n_trials),
-        ("study.n_workers", study.n_workers >= 1, "an integer >= 1", study.n_workers),
-        ("study.trials_per_gpu", study.trials_per_gpu >= 1, "an integer >= 1", study.trials_per_gpu),
-        (
-            "study.direction",
-            study.direction == "maximize",
-            "'maximize' (validation accuracy)",
-            study.direction,
-        ),
-        ("study.timeout", study.timeout is None or study.timeout > 0, "null or > 0", study.timeout),
-        (
-            "study.heartbeat_interval",
-            study.heartbeat_interval >= 1,
-            "an integer >= 1",
-            study.heartbeat_interval,
-        ),
-        ("study.max_retry", study.max_retry >= 0, "an integer >= 0", study.max_retry),
-        (
-            "study.name",
-            re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", study.name) is not None,
-            "letters, digits, '_', '.' and '-'",
-            study.name,
-        ),
-        (
-            "study.max_failed_trials",
-            study.max_failed_trials is None or study.max_failed_trials >= 1,
-            "null or an integer >= 1",
-            study.max_failed_trials,
-        ),
-    ]
-    for key, is_valid, expected, value in checks:
-        if not is_valid:
-            raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+    check_fields(typed)
     if not typed.search_space:
         raise ConfigError("search_space: expected at least one entry, got an empty search space")
+    if typed.pruner.name == "threshold" and typed.pruner.lower is None and typed.pruner.upper is None:
+        raise ConfigError("pruner: threshold needs pruner.lower or pruner.upper, got neither")
     OmegaConf.set_readonly(typed, True)
     return typed
 
 
-def _check_values(cfg: DictConfig) -> None:
-    checks = [
-        ("optimizer.learning_rate", cfg.optimizer.learning_rate, lambda v: v > 0, "a number > 0"),
-        ("trainer.epochs", cfg.trainer.epochs, lambda v: v >= 1, "an integer >= 1"),
-        ("trainer.batch_size", cfg.trainer.batch_size, lambda v: v >= 1, "an integer >= 1"),
-        ("trainer.eval_batch_size", cfg.trainer.eval_batch_size, lambda v: v >= 1, "an integer >= 1"),
-        (
-            "trainer.steps_per_execution",
-            cfg.trainer.steps_per_execution,
-            lambda v: v >= 1,
-            "an integer >= 1",
-        ),
-        ("trainer.max_steps", cfg.trainer.max_steps, lambda v: v is None or v >= 1, "null or >= 1"),
-        ("trainer.verbose", cfg.trainer.verbose, lambda v: v in (0, 1, 2), "0, 1 or 2"),
-        (
-            "trainer.jit_compile",
-            cfg.trainer.jit_compile,
-            lambda v: v in ("auto", True, False),
-            "'auto', true or false",
-        ),
-        (
-            "trainer.precision",
-            cfg.trainer.precision,
-            lambda v: v in PRECISIONS,
-            " or ".join(PRECISIONS),
-        ),
-        ("data.validation_size", cfg.data.validation_size, lambda v: v >= 1, "an integer >= 1"),
-        (
-            "data.max_train_samples",
-            cfg.data.max_train_samples,
-            lambda v: v is None or v >= 1,
-            "null or an integer >= 1",
-        ),
-    ]
-    if "dropout_rate" in cfg.model:
-        checks.append(
-            ("model.dropout_rate", cfg.model.dropout_rate, lambda v: 0 <= v < 1, "a number in [0, 1)")
-        )
-    for key in ("hidden1_units", "hidden2_units", "filters1", "filters2", "kernel_size", "dense_units"):
-        if key in cfg.model:
-            checks.append((f"model.{key}", cfg.model[key], lambda v: v >= 1, "an integer >= 1"))
-    if "momentum" in cfg.optimizer:
-        checks.append(
-            ("optimizer.momentum", cfg.optimizer.momentum, lambda v: 0 <= v <= 1, "a number in [0, 1]")
-        )
-    for key, value, is_valid, expected in checks:
-        if not is_valid(value):
-            raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+def check_fields(node: DictConfig, prefix: str = "", key: str = CHECK) -> None:
+    """Apply the checks declared on the schema fields of `node` and of every node below it."""
+    schema = OmegaConf.get_type(node)
+    fields = dataclasses.fields(schema) if dataclasses.is_dataclass(schema) else ()
+    checks = {f.name: f.metadata[key] for f in fields if key in f.metadata}
+    for name in node:
+        value = node[name]
+        if isinstance(value, DictConfig):
+            check_fields(value, f"{prefix}{name}.", key)
+            continue
+        if name not in checks:
+            continue
+        plain = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+        expected = checks[name].problem(plain)
+        if expected is not None:
+            raise ConfigError(mask_secrets(f"{prefix}{name}: expected {expected}, got {plain!r}"))
+
+
+def check_on_this_machine(settings: DictConfig) -> None:
+    """The checks of a sweep config that depend on the machine the driver runs on (its GPUs).
+
+    Not part of `checked_sweep_config`: a worker sees only its own GPU.
+    """
+    check_fields(settings, key=MACHINE_CHECK)
+
+
+# --- storage and tracking URLs, GPUs -------------------------------------------------------------
+
+# scheme: at the start of a value: a URL, never a file path (`sqlite:/x` is a broken URL).
+URL_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+SQLITE_FILE = re.compile(r"sqlite:///(?P<database>[^?]+)(\?.*)?")
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mariadb", "mssql", "oracle")
+TRACKING_SCHEMES = ("file", "http", "https", "databricks", "databricks-uc", "uc")
+STORAGE_FORMS = (
+    "an Optuna storage URL (dialect://user@host:port/database, e.g. sqlite:///runs/optuna.db) "
+    "or a journal file path"
+)
+
+
+def storage_problem(storage: str) -> str | None:
+    """What is wrong with `study.storage`, found without connecting to it."""
+    if not URL_LIKE.match(storage):
+        return _file_problem(Path(storage), "a journal file path")
+    return _database_url_problem(storage, STORAGE_FORMS)
+
+
+def tracking_uri_problem(uri: str) -> str | None:
+    """What is wrong with `mlflow.tracking_uri`, found without connecting to it."""
+    if not URL_LIKE.match(uri):
+        return _folder_problem(Path(uri), "a folder for MLflow's file store")
+    scheme = uri.split(":", 1)[0].lower()
+    if scheme.split("+", 1)[0] in DATABASE_SCHEMES:
+        return _database_url_problem(uri, "a database URL MLflow can open")
+    if scheme == "file":
+        return _folder_problem(Path(urllib.parse.urlsplit(uri).path), "a folder for MLflow's file store")
+    if scheme in ("http", "https"):
+        try:
+            parts = urllib.parse.urlsplit(uri)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError as error:
+            return f"an {scheme} URL with a numeric port ({error})"
+        return None if parts.hostname else f"an {scheme} URL with a host name"
+    if scheme in TRACKING_SCHEMES or scheme in _tracking_plugin_schemes():
+        return None
+    return (
+        "a tracking URI MLflow knows (a folder, file:, sqlite:, postgresql:, mysql:, mssql:, http:, https:, "
+        f"databricks:), not scheme '{scheme}'"
+    )
+
+
+def _tracking_plugin_schemes() -> set[str]:
+    from importlib.metadata import entry_points
+
+    return {entry.name for entry in entry_points(group="mlflow.tracking_store")}
+
+
+def _database_url_problem(url: str, forms: str) -> str | None:
+    sqlite = SQLITE_FILE.fullmatch(url)
+    if sqlite:  # the default: no need to start SQLAlchemy for it
+        return _sqlite_problem(sqlite["database"])
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return f"{forms}; SQLAlchemy cannot parse this URL"
+    except ValueError as error:  # a port that is not a number
+        return f"{forms} with a numeric port ({error})"
+    try:
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        return f"{forms}; SQLAlchemy has no database dialect '{parsed.drivername}'"
+    try:
+        dialect.import_dbapi()
+    except ImportError as error:
+        return f"{forms} whose driver is installed ({parsed.drivername}: {error})"
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_problem(parsed.database)
+    return None
+
+
+def _sqlite_problem(database: str | None) -> str | None:
+    if not database or database == ":memory:":
+        return "a SQLite database file (sqlite:///path/to/file.db), not an in-memory database"
+    return _file_problem(Path(database), "a SQLite database file")
+
+
+def _file_problem(path: Path, what: str) -> str | None:
+    if path.is_dir():
+        return f"{what}, but {path} is a folder"
+    return _folder_problem(path.parent, f"{what} in a folder")
+
+
+def _folder_problem(path: Path, what: str) -> str | None:
+    """A folder that exists or can be made: the nearest existing ancestor must be a folder."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        return f"{what}, but {existing} is a file"
+    return None
+
+
+def gpus_problem(gpus: list[int]) -> str | None:
+    if not gpus:
+        return None
+    from study.backend import visible_gpus
+
+    visible, source = visible_gpus()
+    if all(gpu in visible for gpu in gpus):
+        return None
+    if not visible:
+        return f"no GPUs: this machine has none visible ({source})"
+    return f"indices of this machine's GPUs ({', '.join(map(str, visible))}; {source})"
 
 
 def describe_omegaconf_error(error: OmegaConfBaseException) -> str:
@@ -449,6 +588,8 @@ def describe_omegaconf_error(error: OmegaConfBaseException) -> str:
 
 def describe_error(error: BaseException) -> str:
     """One line for an error of user input raised by Hydra, OmegaConf or this package."""
+    if isinstance(error, yaml.YAMLError):
+        return describe_yaml_error(error)
     cause = error.__cause__
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
         return describe_omegaconf_error(cause)
@@ -457,6 +598,12 @@ def describe_error(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     if not lines:
         return type(error).__name__
+    full_key = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), None)
+    if full_key and len(lines) > 1:
+        # Hydra: "In 'group/option': ConfigKeyError raised while composing config:", then
+        # OmegaConf's message and the key it names.
+        detail = lines[1] if lines[0].endswith("while composing config:") else lines[0]
+        return f"{full_key}: {detail}"
     if "Available options in" in str(error):
         # Hydra lists a group's options one per line; keep them, drop the search path dump.
         start = next(i for i, line in enumerate(lines) if line.startswith("Available options"))
@@ -467,3 +614,12 @@ def describe_error(error: BaseException) -> str:
             options.append(line)
         return f"{lines[0]}; available: {', '.join(options)}"
     return lines[0]
+
+
+def describe_yaml_error(error: yaml.YAMLError) -> str:
+    """One line for a YAML syntax error: the file, where, and what the parser expected."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).strip().splitlines()[0]
+    if mark is None:
+        return f"not valid YAML: {problem}"
+    return f"{mark.name}: not valid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"

@@ -1,5 +1,10 @@
-"""Data sets: loading (Keras download, local IDX folder or .npz, scikit-learn digits), the
-seeded validation split, and a digest of exactly the arrays a run trains and evaluates on.
+"""Data sets: loading (Keras download, local IDX folder or .npz, scikit-learn digits), checking
+what was loaded, the seeded validation split, and a digest of exactly the arrays a run trains
+and evaluates on.
+
+Whatever the source, the arrays are checked before a run exists: integer pixels 0..255,
+integer labels 0..9, train and test images of one shape, no empty split. A bad file stops
+the command with one line naming it.
 
 A worker process loads a data set once: `load_dataset` caches by its arguments, so the trials
 of a sweep share one copy in memory.
@@ -31,6 +36,8 @@ NPZ_KEYS = tuple(IDX_FILES)
 IDX_UBYTE = 0x08
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_TEST_SEED = 0  # the digits test set never moves with trainer.seed
+NUM_CLASSES = 10  # digits and clothes: the mnist, fashion_mnist and digits data sets
+MAX_PIXEL = 255
 
 
 @dataclass(frozen=True)
@@ -87,7 +94,8 @@ def _load_dataset(
     seed: int,
     fingerprint: tuple,
 ) -> Dataset:
-    raw, source = _read_raw(name, path)
+    raw, source, names = _read_raw(name, path)
+    check_arrays(raw, names)
     x_train, y_train, x_val, y_val = _split_validation(raw["x_train"], raw["y_train"], validation_size, seed)
     if max_train_samples is not None:
         x_train, y_train = x_train[:max_train_samples], y_train[:max_train_samples]
@@ -100,14 +108,67 @@ def _load_dataset(
     return Dataset(name, source, x_train, y_train, x_val, y_val, x_test, y_test, digest)
 
 
-def _read_raw(name: str, path: str | None) -> tuple[dict[str, np.ndarray], str]:
+def _read_raw(name: str, path: str | None) -> tuple[dict[str, np.ndarray], str, dict[str, str]]:
+    """The four arrays, where they came from, and how an error names each array's file."""
     if path is not None:
         if name == "digits":
             raise ConfigError("data.path: not used with data=digits (it ships with scikit-learn)")
-        return _read_local(Path(path)), str(Path(path).resolve())
+        folder = Path(path)
+        raw = _read_local(folder)
+        if folder.is_dir():
+            names = {key: f"data file {_idx_file(folder, key)}" for key in IDX_FILES}
+        else:
+            names = {key: f"data.path: {folder}: {key}" for key in NPZ_KEYS}
+        return raw, str(folder.resolve()), names
+    names = {key: f"data={name}: {key}" for key in NPZ_KEYS}
     if name == "digits":
-        return _read_digits(), "sklearn.datasets.load_digits"
-    return _download(name), f"keras.datasets.{name}"
+        return _read_digits(), "sklearn.datasets.load_digits", names
+    return _download(name), f"keras.datasets.{name}", names
+
+
+def check_arrays(raw: dict[str, np.ndarray], names: dict[str, str]) -> None:
+    """Refuse arrays a model cannot train on correctly, naming the file; they would otherwise
+    train without a word (labels out of range, float images scaled twice) or fail late."""
+    for split in ("train", "test"):
+        images_key, labels_key = f"x_{split}", f"y_{split}"
+        images, labels = raw[images_key], raw[labels_key]
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise ConfigError(
+                f"{names[images_key]}: {split} images {images.shape} and labels {labels.shape} "
+                "do not match; expected (N, height, width) and (N,)"
+            )
+        if len(images) == 0:
+            raise ConfigError(f"{names[images_key]}: expected at least one {split} example, got none")
+        _check_pixels(images, names[images_key])
+        _check_labels(labels, names[labels_key])
+    train_shape, test_shape = raw["x_train"].shape[1:], raw["x_test"].shape[1:]
+    if train_shape != test_shape:
+        raise ConfigError(
+            f"{names['x_test']}: expected test images of the training images' shape {train_shape}, "
+            f"got {test_shape}"
+        )
+
+
+def _check_pixels(images: np.ndarray, name: str) -> None:
+    if not np.issubdtype(images.dtype, np.integer):
+        low, high = float(images.min()), float(images.max())
+        hint = "; multiply by 255 and store as uint8" if low >= 0.0 and high <= 1.0 else ""
+        raise ConfigError(
+            f"{name}: expected integer pixel values 0..{MAX_PIXEL} (uint8), got {images.dtype} "
+            f"values in [{low:g}, {high:g}]{hint}"
+        )
+    low, high = int(images.min()), int(images.max())
+    if low < 0 or high > MAX_PIXEL:
+        raise ConfigError(f"{name}: expected pixel values 0..{MAX_PIXEL}, got values in [{low}, {high}]")
+
+
+def _check_labels(labels: np.ndarray, name: str) -> None:
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ConfigError(f"{name}: expected integer class labels 0..{NUM_CLASSES - 1}, got {labels.dtype}")
+    outside = np.unique(labels[(labels < 0) | (labels >= NUM_CLASSES)])
+    if len(outside):
+        shown = ", ".join(str(int(label)) for label in outside[:5]) + (", ..." if len(outside) > 5 else "")
+        raise ConfigError(f"{name}: expected class labels 0..{NUM_CLASSES - 1}, got {shown}")
 
 
 def _download(name: str) -> dict[str, np.ndarray]:
@@ -145,15 +206,7 @@ def _read_digits() -> dict[str, np.ndarray]:
 def _read_local(path: Path) -> dict[str, np.ndarray]:
     if not path.exists():
         raise ConfigError(f"data.path: {path} does not exist; expected a folder of IDX files or a .npz")
-    raw = _read_npz(path) if path.is_file() else _read_idx_folder(path)
-    for split in ("train", "test"):
-        images, labels = raw[f"x_{split}"], raw[f"y_{split}"]
-        if images.ndim != 3 or len(images) != len(labels) or labels.ndim != 1:
-            raise ConfigError(
-                f"data.path: {path}: {split} images {images.shape} and labels {labels.shape} "
-                "do not match; expected (N, height, width) and (N,)"
-            )
-    return raw
+    return _read_npz(path) if path.is_file() else _read_idx_folder(path)
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -175,12 +228,16 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 def _read_idx_folder(folder: Path) -> dict[str, np.ndarray]:
     raw = {}
     for key, stem in IDX_FILES.items():
-        candidates = [folder / f"{stem}.gz", folder / stem]
-        file = next((c for c in candidates if c.is_file()), None)
+        file = _idx_file(folder, key)
         if file is None:
             raise ConfigError(f"data.path: {folder} has no {stem}.gz (or {stem}); expected the 4 IDX files")
         raw[key] = read_idx(file)
     return raw
+
+
+def _idx_file(folder: Path, key: str) -> Path | None:
+    stem = IDX_FILES[key]
+    return next((file for file in (folder / f"{stem}.gz", folder / stem) if file.is_file()), None)
 
 
 def read_idx(file: Path) -> np.ndarray:

@@ -22,7 +22,7 @@ import pandas as pd
 
 from study.reproduce import DEFAULT_TRACKING_URI
 from study.storage import MLFLOW_RUN_ATTR, trial_score
-from study.tracking import mask_secrets
+from study.tracking import mask_secrets, missing_local_store
 
 RUN_COLUMNS = {
     "tags.mlflow.runName": "run_name",
@@ -57,6 +57,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    for option, uri in (("--tracking-uri", args.tracking_uri), ("--storage", args.storage)):
+        missing = missing_local_store(uri) if uri else None
+        if missing is not None:  # MLflow and Optuna would create an empty store there
+            print(f"study.report: error: {option} {mask_secrets(uri)}: nothing at {missing}", file=sys.stderr)
+            return 2
     mlflow.set_tracking_uri(args.tracking_uri)
     try:
         if args.study:
@@ -142,6 +147,8 @@ def optuna_trials(name: str, storage: str | None) -> pd.DataFrame:
     if not storage:
         return pd.DataFrame(columns=columns)
     try:
+        if missing_local_store(storage):  # Optuna would create an empty store there
+            raise FileNotFoundError(storage)
         study = optuna.load_study(study_name=name, storage=storage)
     except Exception as error:  # storage gone, moved or masked: MLflow alone still gives a table
         hint = " (its password is masked in MLflow: pass --storage)" if "***" in storage else ""

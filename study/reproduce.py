@@ -22,15 +22,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 from study.backend import package_versions
-from study.config import ConfigError, checked_config
+from study.config import ConfigError, checked_config, describe_yaml_error
 from study.data import load_dataset
-from study.tracking import RunTracker, mask_secrets
+from study.tracking import RunTracker, error_line, mask_secrets, missing_local_store
+from study.train import REPLAY_HYDRA_BLOCK
 
 log = logging.getLogger(__name__)
 
@@ -67,17 +69,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
+    where = mask_secrets(args.tracking_uri)
+    missing = missing_local_store(args.tracking_uri)
+    if missing is not None:  # MLflow would create an empty store there
+        return refuse(f"--tracking-uri {where}: no MLflow store at {missing}")
     client = MlflowClient(tracking_uri=args.tracking_uri)
     try:
         original = client.get_run(args.run_id)
-    except MlflowException as error:
-        return refuse(f"run {args.run_id}: not found in {mask_secrets(args.tracking_uri)} ({error.message})")
+    except Exception as error:  # no such run, or a store that cannot be read
+        return refuse(f"run {args.run_id}: not found in {where} ({error_line(error)})")
     with tempfile.TemporaryDirectory(prefix="study-reproduce-") as scratch:
         try:
             config_file = Path(client.download_artifacts(args.run_id, "config.yaml", scratch))
             cfg = checked_config(OmegaConf.load(config_file))
         except (MlflowException, OSError) as error:
-            return refuse(f"run {args.run_id}: has no readable config.yaml artifact ({error})")
+            return refuse(f"run {args.run_id}: has no readable config.yaml artifact ({error_line(error)})")
+        except yaml.YAMLError as error:
+            return refuse(f"run {args.run_id}: {describe_yaml_error(error)}")
         except ConfigError as error:
             return refuse(f"run {args.run_id}: config.yaml: {error}")
         cfg = with_tracking_uri(cfg, args.tracking_uri)
@@ -138,6 +146,7 @@ def replay(client: MlflowClient, cfg: DictConfig, tags: dict[str, str], folder: 
     """Train `cfg` in a fresh process with the documented replay command; returns the new run."""
     plain = OmegaConf.to_container(cfg)
     plain["mlflow"]["tags"] = {**plain["mlflow"].get("tags", {}), **tags}
+    plain.update(REPLAY_HYDRA_BLOCK)  # Hydra's output under runs/, as the original's
     replay_dir = Path(tempfile.mkdtemp(dir=folder))
     (replay_dir / "config.yaml").write_text(OmegaConf.to_yaml(plain))
     command = [

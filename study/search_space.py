@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from study.config import SCHEMAS, ConfigError, checked_config, describe_error
 
 GROUPS = tuple(SCHEMAS)  # data, model, optimizer: entries with these names pick an option
 TYPES = ("categorical", "float", "int")
+_NOT_FOUND = object()
 
 # compose(overrides) -> composed config; raises on a bad override.
 Composer = Callable[[list[str]], DictConfig]
@@ -59,6 +60,11 @@ class Entry:
         if self.spec.type == "categorical":
             return value in list(self.spec.choices)
         return isinstance(value, int | float) and self.spec.low <= value <= self.spec.high
+
+    def describe_values(self) -> str:
+        if self.spec.type == "categorical":
+            return ", ".join(map(str, self.spec.choices))
+        return f"values in [{self.spec.low}, {self.spec.high}]"
 
     def grid_values(self) -> list[Any]:
         """Every value this entry takes on a grid (sampler=grid)."""
@@ -107,8 +113,9 @@ class SearchSpace:
         """Compose and check a config for each entry's extreme values, before any trial runs.
 
         Catches unknown keys, wrong types, out-of-range values and unknown group options,
-        naming the search-space entry.
+        naming the search-space entry; and conditions (`when`) that can never hold.
         """
+        self.check_conditions(compose([]))
         groups = {e.target: list(e.spec.choices) for e in self.entries if e.is_group}
         for entry in self.entries:
             probes = entry.extreme_values()
@@ -122,6 +129,30 @@ class SearchSpace:
                             f"search_space.{entry.name}: {entry.target}={value!r} does not make a valid "
                             f"config ({describe_error(error)})"
                         ) from None
+
+    def check_conditions(self, base: DictConfig) -> None:
+        """Each `when` names a searched key, a config group or a key of the config, and values
+        it can take: a condition that can never hold would silently never sample its entry."""
+        searched = {entry.target: entry for entry in self.entries}
+        for entry in self.entries:
+            for key, allowed in (entry.spec.when or {}).items():
+                where = f"search_space.{entry.name}.when.{key}"
+                values = list(allowed) if isinstance(allowed, list | ListConfig) else [allowed]
+                if key in searched:
+                    unknown = [value for value in values if not searched[key].contains(value)]
+                    takes = searched[key].describe_values()
+                elif key in GROUPS:
+                    unknown = [value for value in values if value not in SCHEMAS[key]]
+                    takes = ", ".join(sorted(SCHEMAS[key]))
+                elif OmegaConf.select(base, key, default=_NOT_FOUND) is _NOT_FOUND:
+                    raise ConfigError(
+                        f"{where}: {key!r} is not a key of the config; expected a searched key, a config "
+                        f"group ({', '.join(GROUPS)}) or a config key such as trainer.epochs"
+                    )
+                else:
+                    continue
+                if unknown:
+                    raise ConfigError(f"{where}: {key} never takes {unknown}; it takes {takes}")
 
     @staticmethod
     def _group_settings(entry: Entry, groups: dict[str, list[Any]]) -> list[dict[str, Any]]:

@@ -22,6 +22,8 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from study.config import ConfigError
+from study.masking import error_line, mask_secrets
 from study.tracking import end_run_if_running
 
 # Heartbeats, retries and TPE's `group` are marked experimental by Optuna; they are what we want.
@@ -56,6 +58,16 @@ def make_storage(study_cfg: DictConfig, tracking_uri: str) -> optuna.storages.Ba
         grace_period=2 * study_cfg.heartbeat_interval,
         heartbeat_stale_trial_callback=StaleTrialCallback(tracking_uri, study_cfg.max_retry),
     )
+
+
+def open_study_storage(study_cfg: DictConfig, tracking_uri: str) -> optuna.storages.BaseStorage:
+    """`make_storage` for the driver: a storage it cannot open (server down or refusing,
+    wrong credentials, a missing database) is one line naming study.storage (ConfigError)."""
+    try:
+        return make_storage(study_cfg, tracking_uri)
+    except Exception as error:
+        storage = mask_secrets(study_cfg.storage)
+        raise ConfigError(f"study.storage: cannot open {storage}: {error_line(error)}") from error
 
 
 class StaleTrialCallback:

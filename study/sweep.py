@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from study.cli import report_input_errors, run_cli
-from study.config import CONFIG_DIR, checked_config, checked_sweep_config
+from study.config import CONFIG_DIR, check_on_this_machine, checked_config, checked_sweep_config
 from study.data import load_dataset
 from study.pruners import build_pruner
 from study.results import evaluate_winner, leaderboard, log_plots
@@ -37,11 +37,11 @@ from study.storage import (
     fail_orphaned_trials,
     failed_since,
     has_heartbeat,
-    make_storage,
     max_failed_trials,
+    open_study_storage,
 )
 from study.tensorboard import write_hparams_config
-from study.tracking import RunTracker, flatten, terminal_status, write_masked
+from study.tracking import RunTracker, check_tracking_store, flatten, terminal_status, write_masked
 from study.worker import WorkerSpec, sweep_composer
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ def run_sweep(
     """
     overrides = list(overrides or [])
     settings, base = checked_sweep_config(cfg), checked_config(cfg)
+    check_on_this_machine(settings)  # study.gpus: the GPUs this machine has
     load_dataset(base.data, base.trainer.seed)  # a missing or corrupt file fails here, not in trials
     compose_with = sweep_composer(str(config_dir), config_name, overrides)
     space = SearchSpace(settings.search_space)
@@ -76,9 +77,10 @@ def run_sweep(
 
     # Inputs are good: from here on the stores are written.
     session_start = time.time()
+    check_tracking_store(base.mlflow)
+    storage = open_study_storage(settings.study, base.mlflow.tracking_uri)  # before the study's folder
     study_dir = Path(settings.study.output_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
-    storage = make_storage(settings.study, base.mlflow.tracking_uri)
     study, created = create_or_load_study(settings, storage)
     parent = parent_run(study, created, storage, settings, base, cfg, study_dir)
     try:

@@ -58,7 +58,7 @@ def test_compose_time_errors_are_one_line_naming_the_key(overrides, expected):
         (["model.dropout_rate=1.0"], "model.dropout_rate: expected a number in [0, 1), got 1.0"),
         (["model.dropout_rate=-0.1"], "model.dropout_rate: expected a number in [0, 1)"),
         (["trainer.batch_size=0"], "trainer.batch_size: expected an integer >= 1"),
-        (["trainer.max_steps=0"], "trainer.max_steps: expected null or >= 1"),
+        (["trainer.max_steps=0"], "trainer.max_steps: expected null or an integer >= 1"),
         (["optimizer=sgd", "optimizer.momentum=-1"], "optimizer.momentum: expected a number in [0, 1]"),
     ],
 )
