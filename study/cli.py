@@ -31,15 +31,36 @@ def run_cli(hydra_main: Callable[[], object]) -> None:
     everything the command prints, tracebacks and Hydra's own lines included.
     """
     mask_console()
+    sys.argv[1:] = config_paths_from_cwd(sys.argv[1:])
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         hydra_main()
     except INPUT_ERRORS as error:
         exit_with_input_error(error)
+    except (NotADirectoryError, FileExistsError, PermissionError) as error:
+        exit_with_input_error(error)  # Hydra's output folder cannot be made: runs_dir is a file
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def config_paths_from_cwd(args: list[str]) -> list[str]:
+    """`--config-path runs/replay` as a user means it: relative to the working directory.
+
+    Hydra resolves a relative --config-path against the module's own folder; a folder that
+    exists relative to the working directory is made absolute first.
+    """
+    args = list(args)
+    for index, arg in enumerate(args):
+        option, _, value = arg.partition("=")
+        if option in ("--config-path", "-cp") and value and not os.path.isabs(value) and os.path.isdir(value):
+            args[index] = f"{option}={os.path.abspath(value)}"
+        elif arg in ("--config-path", "-cp") and index + 1 < len(args):
+            value = args[index + 1]
+            if not os.path.isabs(value) and os.path.isdir(value):
+                args[index + 1] = os.path.abspath(value)
+    return args
 
 
 def report_input_errors(task_function: Callable[[Any], Any]) -> Callable[[Any], Any]:
