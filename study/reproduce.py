@@ -68,6 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # errors stay one line
     args = parse_args(argv)
     where = mask_secrets(args.tracking_uri)
     missing = missing_local_store(args.tracking_uri)
@@ -85,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         except (MlflowException, OSError) as error:
             return refuse(f"run {args.run_id}: has no readable config.yaml artifact ({error_line(error)})")
         except yaml.YAMLError as error:
-            return refuse(f"run {args.run_id}: {describe_yaml_error(error)}")
+            where = describe_yaml_error(error).replace(str(Path(scratch) / "config.yaml"), "config.yaml")
+            return refuse(f"run {args.run_id}: {where}")
         except ConfigError as error:
             return refuse(f"run {args.run_id}: config.yaml: {error}")
         cfg = with_tracking_uri(cfg, args.tracking_uri)

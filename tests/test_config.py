@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from study.config import CONFIG_DIR, ConfigError, checked_config, describe_error
+from study.cli import config_paths_from_cwd
+from study.config import CONFIG_DIR, ConfigError, checked_config, checked_sweep_config, describe_error
+from study.train import write_replay_config
 from tests.conftest import compose_config
 
 GROUPS = ("data", "model", "optimizer", "trainer", "mlflow")
@@ -93,3 +98,86 @@ def test_checked_config_fills_schema_defaults_and_is_read_only():
     assert checked.mlflow.tracking_uri == "sqlite:///x/mlflow.db"
     with pytest.raises(Exception, match="read-only"):
         checked.model.hidden1_units = 3
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["optimizer.beta_1=1.0"], "optimizer.beta_1: expected a number in [0, 1), got 1.0"),
+        (["optimizer.epsilon=-1e-7"], "optimizer.epsilon: expected a number > 0"),
+        (["optimizer=rmsprop", "optimizer.momentum=1.0"], "optimizer.momentum: expected a number in [0, 1)"),
+        (["trainer.seed=4294967296"], "trainer.seed: expected an integer in [0, 2**32 - 1]"),
+        (["mlflow.tracking_uri=sqlite:/runs/mlflow.db"], "mlflow.tracking_uri: expected a database URL"),
+    ],
+)
+def test_range_checks_declared_on_the_schema_fields(overrides, expected):
+    with pytest.raises(ConfigError) as caught:
+        checked_config(compose_config("train", overrides))
+    assert str(caught.value).startswith(expected)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["study.n_trials=0"], "study.n_trials: expected an integer >= 1, got 0"),
+        (["study.timeout=0"], "study.timeout: expected null or > 0, got 0.0"),
+        (["study.name=a b"], "study.name: expected letters, digits, '_', '.' and '-', got 'a b'"),
+        (["sampler.seed=-1"], "sampler.seed: expected null or an integer in [0, 2**32 - 1], got -1"),
+        (
+            ["pruner=hyperband", "pruner.reduction_factor=1"],
+            "pruner.reduction_factor: expected an integer >= 2",
+        ),
+        (
+            ["pruner=hyperband", "pruner.max_resource=0"],
+            "pruner.max_resource: expected 'auto' or an integer >= 1",
+        ),
+        (["pruner=median", "pruner.n_warmup_steps=-1"], "pruner.n_warmup_steps: expected an integer >= 0"),
+        (
+            ["pruner=threshold", "pruner.lower=null"],
+            "pruner: threshold needs pruner.lower or pruner.upper, got neither",
+        ),
+    ],
+)
+def test_study_settings_are_checked(overrides, expected):
+    with pytest.raises(ConfigError) as caught:
+        checked_sweep_config(compose_config("sweep", overrides))
+    assert str(caught.value).startswith(expected)
+
+
+REPLAY_CHECK = """
+import sys
+from omegaconf import OmegaConf
+from study.config import checked_config
+print(checked_config(OmegaConf.load(sys.argv[1])).model.name)
+"""
+
+
+def test_a_fresh_process_checks_a_replay_config_without_hydra(tmp_path):
+    """A logged config.yaml keeps Hydra's block (`${now:...}`, a resolver only a running Hydra
+    app has): a fresh process, as `study.reproduce` is, checks it without resolving that block."""
+    cfg = compose_config("train", ["model=mlp", f"runs_dir={tmp_path}"])
+    write_replay_config(checked_config(cfg), tmp_path / "config.yaml")
+    assert "${now:" in (tmp_path / "config.yaml").read_text()
+    done = subprocess.run(
+        [sys.executable, "-c", REPLAY_CHECK, str(tmp_path / "config.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "mlp"
+
+
+def test_a_relative_config_path_is_taken_from_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "replay").mkdir()
+    monkeypatch.chdir(tmp_path)
+    absolute = str(tmp_path / "replay")
+    assert config_paths_from_cwd(["--config-path", "replay", "-cn", "config"]) == [
+        "--config-path",
+        absolute,
+        "-cn",
+        "config",
+    ]
+    assert config_paths_from_cwd(["-cp=replay"]) == [f"-cp={absolute}"]
+    assert config_paths_from_cwd(["--config-path", "../conf"]) == ["--config-path", "../conf"]  # not here

@@ -107,3 +107,57 @@ def test_missing_path_and_bad_sizes_are_named(tiny_idx_dir, tmp_path):
     (tmp_path / "broken.npz").write_bytes(b"PK not really")
     with pytest.raises(ConfigError, match=r"broken\.npz is not a readable \.npz"):
         load_dataset(data_cfg(path=str(tmp_path / "broken.npz")), seed=0)
+
+
+def npz_with(tmp_path, **arrays):
+    x_train, y_train = synthetic_digits(200, seed=3)
+    x_test, y_test = synthetic_digits(20, seed=4)
+    file = tmp_path / "data.npz"
+    np.savez(file, **{"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test, **arrays})
+    return file
+
+
+@pytest.mark.parametrize(
+    ("arrays", "expected"),
+    [
+        ({"y_train": np.full(200, 200, np.uint8)}, "y_train: expected class labels 0..9, got 200"),
+        ({"y_test": np.arange(20) + 30}, "y_test: expected class labels 0..9, got 30, 31, 32, 33, 34, ..."),
+        ({"y_train": np.full(200, -1, np.int64)}, "y_train: expected class labels 0..9, got -1"),
+        ({"y_train": np.zeros(200, np.float32)}, "y_train: expected integer class labels 0..9, got float32"),
+        (
+            {"x_train": np.full((200, 12, 12), 0.5, np.float32)},
+            "x_train: expected integer pixel values 0..255 (uint8), got float32 values in [0.5, 0.5]; "
+            "multiply by 255 and store as uint8",
+        ),
+        (
+            {"x_test": np.full((20, 12, 12), 300, np.int16)},
+            "x_test: expected pixel values 0..255, got values in",
+        ),
+        (
+            {"x_test": np.zeros((20, 10, 10), np.uint8)},
+            "x_test: expected test images of the training images'",
+        ),
+        (
+            {"x_test": np.zeros((0, 12, 12), np.uint8), "y_test": np.zeros(0, np.uint8)},
+            "x_test: expected at least one test example, got none",
+        ),
+        (
+            {"y_test": np.zeros(19, np.uint8)},
+            "x_test: test images (20, 12, 12) and labels (19,) do not match",
+        ),
+    ],
+)
+def test_arrays_a_model_cannot_learn_from_are_refused_when_loaded(tmp_path, arrays, expected):
+    file = npz_with(tmp_path, **arrays)
+    with pytest.raises(ConfigError) as caught:
+        load_dataset(data_cfg(path=str(file), validation_size=50), seed=0)
+    assert str(caught.value).startswith(f"data.path: {file}: {expected}")
+
+
+def test_a_bad_idx_file_is_named(tiny_idx_dir, tmp_path):
+    folder = copy_of(tiny_idx_dir, tmp_path)
+    labels = folder / f"{IDX_FILES['y_train']}.gz"
+    write_idx(labels, np.full(TINY_SIZES["train"], 42, np.uint8))
+    with pytest.raises(ConfigError) as caught:
+        load_dataset(data_cfg(path=str(folder)), seed=0)
+    assert str(caught.value) == f"data file {labels}: expected class labels 0..9, got 42"

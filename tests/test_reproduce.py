@@ -102,3 +102,18 @@ def test_seed_variance_is_logged_on_the_original(original, capsys):
     assert metrics["seed_variance.n_seeds"] == 2
     assert "seed_variance.best_val_accuracy.std" in metrics
     assert "test_accuracy: mean" in capsys.readouterr().out
+
+
+def test_a_config_with_a_yaml_syntax_error_is_one_line(original, tmp_path, capsys):
+    client, uri, run, _ = original
+    broken = client.create_run(run.info.experiment_id)
+    (tmp_path / "config.yaml").write_text("data:\n  name: digits\nmodel: {name: mlp\n")
+    client.log_artifact(broken.info.run_id, str(tmp_path / "config.yaml"))
+    client.set_terminated(broken.info.run_id)
+    assert reproduce.main([broken.info.run_id, "--tracking-uri", uri]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"study.reproduce: error: run {broken.info.run_id}: config.yaml: not valid YAML")
+    assert error.endswith(
+        "config.yaml: not valid YAML at line 4, column 1: expected ',' or '}', but got '<stream end>'"
+    )
+    assert "\n" not in error

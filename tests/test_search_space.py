@@ -91,6 +91,63 @@ def test_malformed_entries_are_named(entries, expected):
     assert expected in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("when", "expected"),
+    [
+        ({"modle": ["mlp"]}, "search_space.x.when.modle: 'modle' is not a key of the config"),
+        ({"model": ["mlpp"]}, "search_space.x.when.model: model never takes ['mlpp']; it takes softmax, mlp"),
+        (
+            {"optimizer": ["sdg"]},
+            "search_space.x.when.optimizer: optimizer never takes ['sdg']; it takes adam,",
+        ),
+        (
+            {"trainer.epoch": [1]},
+            "search_space.x.when.trainer.epoch: 'trainer.epoch' is not a key of the config",
+        ),
+        ({"model.units": [3]}, "search_space.x.when.model.units: 'model.units' is not a key of the config"),
+    ],
+)
+def test_conditions_that_can_never_hold_are_named(when, expected):
+    """An entry whose `when` names an unknown key or option would silently never be sampled."""
+    search = space(
+        {
+            "model": {"type": "categorical", "choices": ["softmax", "mlp"]},
+            "x": {"type": "float", "low": 0.0, "high": 0.5, "when": when, "target": "model.dropout_rate"},
+        }
+    )
+    with pytest.raises(ConfigError) as caught:
+        search.check_conditions(compose_config("sweep", []))
+    assert str(caught.value).startswith(expected)
+
+
+def test_conditions_on_config_keys_and_searched_values_are_accepted():
+    search = space(
+        {
+            "model": {"type": "categorical", "choices": ["softmax", "mlp"]},
+            "x": {
+                "type": "float",
+                "low": 0.0,
+                "high": 0.5,
+                "target": "model.dropout_rate",
+                "when": {"model": ["mlp"], "trainer.epochs": [2], "data": ["mnist"]},
+            },
+        }
+    )
+    search.check_conditions(compose_config("sweep", []))
+
+
+def test_an_unknown_field_of_an_entry_is_named(tmp_path):
+    (tmp_path / "search_space").mkdir()
+    (tmp_path / "search_space" / "typo.yaml").write_text(
+        "optimizer.learning_rate: {type: float, lo: 0.001}\n"
+    )
+    with pytest.raises(ConfigCompositionException) as caught:
+        compose_config("sweep", [f"hydra.searchpath=[file://{tmp_path}]", "search_space=typo"])
+    assert describe_error(caught.value) == (
+        "search_space.optimizer.learning_rate.lo: Key 'lo' not in 'ParamSpec'"
+    )
+
+
 def test_grid_needs_discrete_values():
     search = space(
         {
