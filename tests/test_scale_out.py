@@ -216,7 +216,8 @@ def test_sigkilled_worker_is_replaced_and_its_trial_retried(sweep_setup, postgre
     client = MlflowClient(tracking_uri=tracking_server.url)
     killed_run = client.get_run(study.trials[retry_of(retried[0])].user_attrs["mlflow_run_id"])
     assert killed_run.info.status == "KILLED"
-    assert "heartbeats" in killed_run.data.tags["error"]
+    assert "worker gone" in killed_run.data.tags["error"]
+    assert killed_run.data.tags["optuna.trial.state"] == "FAIL"
     assert not [run for run in runs_of(client, "chaos") if run.info.status in ("RUNNING", "SCHEDULED")]
 
 
