@@ -78,7 +78,7 @@ def first_running_trial(database: Path, driver: subprocess.Popen | None = None, 
             return None
         if database.exists():
             try:
-                with sqlite3.connect(database, timeout=1) as connection:
+                with read_only(database) as connection:
                     row = connection.execute(
                         "SELECT number FROM trials WHERE state = 'RUNNING' LIMIT 1"
                     ).fetchone()
@@ -88,6 +88,19 @@ def first_running_trial(database: Path, driver: subprocess.Popen | None = None, 
                 return row[0]
         time.sleep(0.002)
     raise AssertionError("no trial started")
+
+
+def read_only(database: Path) -> sqlite3.Connection:
+    """Never creates the file: an empty study file is refused as damaged."""
+    return sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=1)
+
+
+def trial_states(database: Path) -> list[str]:
+    try:
+        with read_only(database) as connection:
+            return [row[0] for row in connection.execute("SELECT state FROM trials")]
+    except sqlite3.Error:  # not made yet
+        return []
 
 
 def check_invariants(tmp_path: Path, n_trials: int = N_TRIALS) -> optuna.Study:
@@ -266,6 +279,7 @@ def test_damaged_study_file_is_refused_and_kept(sweep_setup):
     database = tmp_path / "runs" / "optuna.db"
     database.parent.mkdir(parents=True)
     database.write_bytes(b"")
+    os.utime(database, (1e9, 1e9))  # an old empty file: not one another driver is making now
     done = sweep(overrides, tmp_path)
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()
@@ -298,17 +312,7 @@ def test_full_tracking_disk_stops_the_session_with_one_line_then_resumes(sweep_s
         driver = start_sweep(overrides, tmp_path)
         database = tmp_path / "runs" / "optuna.db"
         wait_until = time.time() + 180
-        while time.time() < wait_until:
-            states = (
-                [
-                    t.state
-                    for t in optuna.load_study(study_name="default", storage=f"sqlite:///{database}").trials
-                ]
-                if database.exists()
-                else []
-            )
-            if TrialState.COMPLETE in states:
-                break
+        while time.time() < wait_until and "COMPLETE" not in trial_states(database):
             time.sleep(0.5)
         filler = disk / "filler"
         subprocess.run(
