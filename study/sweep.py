@@ -22,11 +22,12 @@ import optuna
 import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from optuna.trial import FrozenTrial, TrialState
 
 from study.cli import report_input_errors, run_cli
 from study.config import CONFIG_DIR, checked_config, checked_sweep_config
 from study.data import load_dataset
+from study.leaderboard import space_targets
+from study.progress import StudyProgress, final_summary
 from study.pruners import build_pruner
 from study.results import evaluate_winner, leaderboard, log_plots
 from study.samplers import build_sampler
@@ -49,7 +50,6 @@ log = logging.getLogger(__name__)
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 PARENT_WAIT_SECONDS = 60.0
 POLL_SECONDS = 1.0
-PROGRESS_SECONDS = 5.0
 MAX_RESTARTS_PER_WORKER = 3
 SHUTDOWN_SECONDS = 60
 
@@ -96,7 +96,8 @@ def run_sweep(
             deadline=deadline,
         )
         if count_trials(study).done < settings.study.n_trials:
-            WorkerPool(settings, spec, study_dir, storage, base.mlflow.tracking_uri).run(study)
+            epochs = None if base.trainer.max_steps else base.trainer.epochs  # shown as epoch k/n
+            WorkerPool(settings, spec, study_dir, storage, base.mlflow.tracking_uri, epochs).run(study)
         summary = finish(study, settings, parent, study_dir)
         check_complete(study, settings, session_start, deadline)
     except BaseException as error:
@@ -197,7 +198,15 @@ class Worker:
 class WorkerPool:
     """Worker processes sharing the study storage; a dead worker is replaced."""
 
-    def __init__(self, settings: DictConfig, spec: WorkerSpec, study_dir: Path, storage, tracking_uri: str):
+    def __init__(
+        self,
+        settings: DictConfig,
+        spec: WorkerSpec,
+        study_dir: Path,
+        storage,
+        tracking_uri: str,
+        epochs: int | None = None,
+    ):
         self.settings = settings
         self.spec = spec
         self.storage = storage
@@ -208,7 +217,7 @@ class WorkerPool:
         self.workers = [
             Worker(index, env, cores) for index, (env, cores) in enumerate(worker_slots(settings.study))
         ]
-        self.progress = Progress(settings)
+        self.progress = StudyProgress.from_settings(settings, epochs, len(self.workers), self.logs)
 
     def run(self, study: optuna.Study) -> None:
         for worker in self.workers:
@@ -228,7 +237,9 @@ class WorkerPool:
         finally:
             signal.signal(signal.SIGTERM, previous)
             trials = study.get_trials(deepcopy=False)
-            self.progress.update(count_trials(study, trials), trials, force=True)
+            counts = count_trials(study, trials)
+            self.progress.update(counts, trials, force=True)
+            self.progress.close(counts, trials)
 
     def _start(self, worker: Worker) -> None:
         spec = WorkerSpec(**{**self.spec.__dict__, "worker_index": worker.index, "cores": worker.cores})
@@ -333,61 +344,38 @@ def worker_slots(study_cfg: DictConfig) -> list[tuple[dict[str, str], list[int]]
     return slots
 
 
-class Progress:
-    """One line per change: done / pruned / failed / running, and the best so far."""
-
-    def __init__(self, settings: DictConfig):
-        self.settings = settings
-        self.last_line = ""
-        self.last_time = 0.0
-
-    def update(self, counts: TrialCounts, trials: list[FrozenTrial], force: bool = False) -> None:
-        line = self.line(counts, trials)
-        if line != self.last_line and (force or time.time() - self.last_time >= PROGRESS_SECONDS):
-            print(line, flush=True)
-            self.last_line, self.last_time = line, time.time()
-
-    def line(self, counts: TrialCounts, trials: list[FrozenTrial]) -> str:
-        best = ""
-        complete = [trial for trial in trials if trial.state == TrialState.COMPLETE]
-        if complete:
-            trial = max(complete, key=lambda t: t.value)
-            best = f" | best val_accuracy {trial.value:.4f} (trial {trial.number})"
-        return (
-            f"[{self.settings.study.name}] {counts.done}/{self.settings.study.n_trials} done "
-            f"({counts.complete} complete, {counts.pruned} pruned), {counts.failed} failed, "
-            f"{counts.running} running{best}"
-        )
-
-
 def finish(study: optuna.Study, settings: DictConfig, parent: RunTracker, study_dir: Path) -> dict:
-    """Leaderboard, plots, HParams table and the winner's test-set evaluation."""
-    table = leaderboard(study)
-    table_file = study_dir / "leaderboard.csv"
-    table.to_csv(table_file, index=False)
-    parent.log_artifact(table_file)
-    with pd.option_context("display.width", 200, "display.max_columns", 30):
-        print(table.to_string(index=False, max_colwidth=48))
+    """Plots, the winner on the test set and in the Model Registry, the leaderboard, and a
+    summary that says what won, by how much, and where to look further."""
     counts = count_trials(study)
     parent.log_metrics(
         {"trials_complete": counts.complete, "trials_pruned": counts.pruned, "trials_failed": counts.failed}
     )
+    targets = space_targets(settings.search_space)
     plots = study_dir / "plots"
     plots.mkdir(exist_ok=True)
-    log_plots(study, parent.client, parent.run_id, plots)
+    print(f"writing Optuna's plots to {plots} ...", flush=True)
+    log_plots(study, parent.client, parent.run_id, plots, targets)
     write_hparams_config(
         study_dir / "tensorboard",
         sorted({name for trial in study.trials for name in trial.params}),
         ["accuracy/validation", "loss/validation", "accuracy/train", "loss/train"],
     )
+    table_file = study_dir / "leaderboard.csv"
     summary = {"study": settings.study.name, **counts.__dict__, "leaderboard": str(table_file)}
     if counts.complete:
-        summary.update(evaluate_winner(study, parent.client, parent.run_id, study_dir))
+        registered = settings.study.registered_model
+        where = f" and registering it as MLflow model {registered}" if registered else ""
         print(
-            f"best: trial {summary['best_trial']} val_accuracy {summary['best_val_accuracy']:.4f}, "
-            f"test_accuracy {summary['best_trial_test_accuracy']:.4f} (run {summary['best_trial_run_id']})"
+            f"evaluating the winner (trial {study.best_trial.number}) on the test set{where} ...", flush=True
         )
-    print(f"TensorBoard: tensorboard --logdir {study_dir / 'tensorboard'}")
+        summary.update(evaluate_winner(study, parent.client, parent.run_id, study_dir, registered))
+    table = leaderboard(study, targets, summary.get("best_trial_test_accuracy"))
+    table.to_csv(table_file, index=False)
+    parent.log_artifact(table_file)
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(table.to_string(index=False, max_colwidth=48, na_rep=""))
+    print(final_summary(study, settings, parent.client.tracking_uri, study_dir, summary, targets))
     return summary
 
 
