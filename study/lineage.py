@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import types
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -70,7 +71,10 @@ class LibrarySource(DatasetSource):
 def dataset_source(source: str) -> DatasetSource:
     """A local folder or file as MLflow's local source; a library loader by its name."""
     if source.startswith("/"):
-        return resolve_dataset_source(source)
+        with warnings.catch_warnings():
+            # MLflow registers its local-file source twice and warns that both match.
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            return resolve_dataset_source(source)
     return LibrarySource(source)
 
 
