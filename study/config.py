@@ -422,6 +422,12 @@ def _check_values(cfg: DictConfig) -> None:
         ),
         ("data.validation_size", cfg.data.validation_size, lambda v: v >= 1, "an integer >= 1"),
         (
+            "mlflow.system_metrics_interval",
+            cfg.mlflow.system_metrics_interval,
+            lambda v: v is None or v > 0,
+            "null or a number of seconds > 0",
+        ),
+        (
             "data.max_train_samples",
             cfg.data.max_train_samples,
             lambda v: v is None or v >= 1,
