@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -373,7 +374,8 @@ def finish(study: optuna.Study, settings: DictConfig, parent: RunTracker, study_
     table = leaderboard(study, targets, summary.get("best_trial_test_accuracy"))
     table.to_csv(table_file, index=False)
     parent.log_artifact(table_file)
-    with pd.option_context("display.width", 200, "display.max_columns", 30):
+    width = shutil.get_terminal_size((200, 40)).columns  # wide tables wrap by columns, not mid-line
+    with pd.option_context("display.width", width, "display.max_columns", 30):
         print(table.to_string(index=False, max_colwidth=48, na_rep=""))
     print(final_summary(study, settings, parent.client.tracking_uri, study_dir, summary, targets))
     return summary
