@@ -118,7 +118,10 @@ def log_keras_model(
     requirements = [f"keras=={versions['keras']}", f"mlflow=={versions['mlflow']}"]
     if backend in versions:
         requirements.append(f"{backend}=={versions[backend]}")
-    mlflow.set_tracking_uri(tracking_uri)  # MLflow's model logging reads the global URI
+    # MLflow's model logging reads the global URI and, for the model's own record and its
+    # artifacts, the active experiment: the run's, not "Default" with ./mlruns in the cwd.
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment_id=MlflowClient(tracking_uri).get_run(run_id).info.experiment_id)
     return mlflow.models.Model.log(
         artifact_path=None,  # deprecated for `name`, yet still a required argument
         name=MODEL_NAME,

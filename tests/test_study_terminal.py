@@ -121,7 +121,7 @@ def test_terminal_shows_live_progress_and_where_to_look_further(watched_study):
     )
     assert f"models:/{STUDY}/1" in text
     assert not NOISE.search(text) and not any(NATIVE_LINE.match(line) for line in text.splitlines()), text
-    assert not (root / "outputs").exists()
+    assert not (root / "outputs").exists() and not (root / "mlruns").exists()  # all under runs/
 
 
 def test_registered_winner_predicts_in_a_fresh_process(watched_study, tiny_idx_dir):
@@ -134,6 +134,9 @@ def test_registered_winner_predicts_in_a_fresh_process(watched_study, tiny_idx_d
     logged_accuracy = parent.data.metrics["best_trial_test_accuracy"]
     version = client.get_model_version(STUDY, "1")
     assert version.run_id == parent.data.tags["best_trial_run_id"]
+    winner = client.get_run(version.run_id)
+    (logged,) = winner.outputs.model_outputs  # the Models column of the winner's run
+    assert client.get_logged_model(logged.model_id).experiment_id == winner.info.experiment_id
     assert float(version.tags["test_accuracy"]) == pytest.approx(logged_accuracy, abs=1e-4)
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/runs/mlflow.db"}
     command = [

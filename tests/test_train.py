@@ -119,6 +119,9 @@ def test_run_is_named_and_records_its_data_set_model_and_machine(tracked_run):
     )
     # The best checkpoint as an MLflow model: loads through pyfunc and predicts as Keras does.
     (logged,) = run.outputs.model_outputs
+    record = client.get_logged_model(logged.model_id)
+    assert record.experiment_id == run.info.experiment_id and record.source_run_id == run.info.run_id
+    assert str(Path(checked_config(cfg).runs_dir).resolve()) in record.artifact_location  # under runs/
     mlflow.set_tracking_uri(client.tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/{logged.model_id}")
     data = load_dataset(checked_config(cfg).data, seed=cfg.trainer.seed)
