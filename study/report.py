@@ -80,6 +80,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file
     mlflow.set_tracking_uri(args.tracking_uri)
     try:
         if args.study:
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"study.report: error: {error}", file=sys.stderr)
         return 2
     with pd.option_context("display.width", 200, "display.max_columns", 40, "display.max_rows", 500):
-        print(table.to_string(index=False))
+        print(table.to_string(index=False, na_rep=""))
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     table.to_csv(output / f"{name}.csv", index=False)
@@ -175,7 +176,7 @@ def varying_config_keys(runs: pd.DataFrame) -> list[str]:
     keys = []
     for column in sorted(c for c in runs.columns if c.startswith("params.")):
         key = column.removeprefix("params.")
-        if key.startswith(NOT_CONFIG) or runs[column].nunique(dropna=False) < 2:
+        if key.startswith(NOT_CONFIG) or runs[column].nunique() < 2:  # among the runs that have it
             continue
         group, _, rest = key.partition(".")
         keys.append(group if group in GROUPS and rest == "name" else key)
