@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import mlflow
-import mlflow.keras
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.data.dataset_source import DatasetSource
@@ -125,7 +124,7 @@ def log_keras_model(
     return mlflow.models.Model.log(
         artifact_path=None,  # deprecated for `name`, yet still a required argument
         name=MODEL_NAME,
-        flavor=KERAS_FLAVOR,
+        flavor=keras_flavor(),
         model=model,
         run_id=run_id,
         signature=signature,
@@ -139,14 +138,17 @@ def log_keras_model(
     )
 
 
-def _save_keras_model(path: str, validate_serving_input: bool = True, **kwargs) -> None:
-    os.makedirs(path, exist_ok=True)
-    mlflow.keras.save_model(path=path, **kwargs)
+def keras_flavor() -> types.SimpleNamespace:
+    """mlflow.keras itself, except that its save_model writes the input example before it
+    creates the model's folder (mlflow/mlflow#16183, open in MLflow 3.17): made first here.
+    Imported when a model is logged: mlflow.keras loads Keras and its backend."""
+    import mlflow.keras
 
+    def save_model(path: str, validate_serving_input: bool = True, **kwargs) -> None:
+        os.makedirs(path, exist_ok=True)
+        mlflow.keras.save_model(path=path, **kwargs)
 
-# mlflow.keras itself, except that its save_model writes the input example before it creates
-# the model's folder (mlflow/mlflow#16183, open in MLflow 3.17): the folder is made first.
-KERAS_FLAVOR = types.SimpleNamespace(__name__=mlflow.keras.__name__, save_model=_save_keras_model)
+    return types.SimpleNamespace(__name__=mlflow.keras.__name__, save_model=save_model)
 
 
 class _Monitor(SystemMetricsMonitor):
