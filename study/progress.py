@@ -15,7 +15,9 @@ trial counts.
 from __future__ import annotations
 
 import datetime
+import logging
 import statistics
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -137,6 +139,7 @@ class StudyProgress:
     def close(self, counts: TrialCounts | None = None, trials: list[FrozenTrial] | None = None) -> None:
         """Stop the live display and leave the study line on the screen."""
         if self.live is not None:
+            self._restore_logging()
             self.live.stop()
             self.live = None
             if counts is not None and trials is not None:
@@ -262,7 +265,23 @@ class StudyProgress:
         if self.live is None:
             self.live = Live(console=self.console, refresh_per_second=REFRESHES_PER_SECOND, transient=True)
             self.live.start()
+            self._route_logging_through_live()
         return self.live
+
+    def _route_logging_through_live(self) -> None:
+        """Log records (a worker replaced, say) print above the live lines instead of through
+        them: console handlers write to rich's stand-ins for stdout and stderr while it runs."""
+        self.rerouted = []
+        streams = {id(sys.__stdout__): "stdout", id(sys.__stderr__): "stderr"}
+        for handler in logging.getLogger().handlers:
+            name = streams.get(id(getattr(handler, "stream", None)))
+            if isinstance(handler, logging.StreamHandler) and name:
+                self.rerouted.append((handler, handler.setStream(getattr(sys, name))))
+
+    def _restore_logging(self) -> None:
+        for handler, stream in getattr(self, "rerouted", []):
+            handler.setStream(stream)
+        self.rerouted = []
 
     def _print(self, line: Text) -> None:
         # soft_wrap: a long line stays one line in a log file, whatever width rich assumes

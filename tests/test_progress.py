@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import io
+import logging
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -103,6 +105,20 @@ def test_live_display_in_a_terminal():
     assert "3/6 done" in live and "best val_accuracy 0.9756 (trial 1)" in live and "ETA" in live
     shown.close(counts, trials)
     assert "trial   1 complete" in out.getvalue()  # finished trials stay above the live lines
+
+
+def test_log_records_print_above_the_live_lines():
+    handler = logging.StreamHandler(sys.__stderr__)
+    logging.getLogger().addHandler(handler)
+    try:
+        shown, _ = progress(terminal=True)
+        trials = a_study_in_progress()
+        shown.update(count_trials(None, trials), trials)
+        assert handler.stream is sys.stderr and sys.stderr is not sys.__stderr__  # rich's stand-in
+        shown.close()
+        assert handler.stream is sys.__stderr__
+    finally:
+        logging.getLogger().removeHandler(handler)
 
 
 def test_a_resumed_study_sums_up_earlier_sessions_in_one_line():
