@@ -4,6 +4,7 @@ output never shows a password."""
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import signal
 import sys
@@ -33,6 +34,7 @@ def run_cli(hydra_main: Callable[[], object]) -> None:
     mask_console()
     sys.argv[1:] = config_paths_from_cwd(sys.argv[1:])
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    quiet_library_loggers()
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         hydra_main()
@@ -61,6 +63,13 @@ def config_paths_from_cwd(args: list[str]) -> list[str]:
             if not os.path.isabs(value) and os.path.isdir(value):
                 args[index + 1] = os.path.abspath(value)
     return args
+
+
+def quiet_library_loggers() -> None:
+    """MLflow's SQL store logs each database error with its traceback and then raises it
+    again; the command reports the raised error once, in one line (a full disk, a locked
+    file), so the logged copy is noise."""
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def report_input_errors(task_function: Callable[[Any], Any]) -> Callable[[Any], Any]:

@@ -173,8 +173,12 @@ class MlflowConfig:
     experiment_name: str = "study"
     # Where a new experiment keeps its artifacts; ignored when the experiment exists.
     artifact_location: str = "${runs_dir}/mlartifacts"
-    run_name: str | None = None
+    run_name: str | None = None  # default: what the run is, e.g. cnn-adam-mnist
     tags: dict[str, str] = field(default_factory=dict)  # extra run tags: +mlflow.tags.team=vision
+    # Seconds between samples of CPU, memory and GPU use (MLflow system metrics); null: off.
+    system_metrics_interval: float | None = field(
+        default=10.0, metadata=must("null or a number of seconds > 0", lambda v: v is None or v > 0)
+    )
 
 
 @dataclass
@@ -223,6 +227,8 @@ class StudyConfig:
     # Stop after this many failed trials (default: n_trials).
     max_failed_trials: int | None = field(default=None, metadata=at_least(1, optional=True))
     output_dir: str = "${runs_dir}/studies/${study.name}"
+    # Model Registry name the winner is registered under (models:/NAME/latest); null: not registered.
+    registered_model: str | None = "${study.name}"
 
 
 @dataclass

@@ -32,7 +32,6 @@ from study.backend import package_versions
 from study.config import ConfigError, checked_config, describe_yaml_error
 from study.data import load_dataset
 from study.tracking import RunTracker, error_line, mask_secrets, missing_local_store
-from study.train import REPLAY_HYDRA_BLOCK
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +147,8 @@ def replay(client: MlflowClient, cfg: DictConfig, tags: dict[str, str], folder: 
     """Train `cfg` in a fresh process with the documented replay command; returns the new run."""
     plain = OmegaConf.to_container(cfg)
     plain["mlflow"]["tags"] = {**plain["mlflow"].get("tags", {}), **tags}
-    plain.update(REPLAY_HYDRA_BLOCK)  # Hydra's output under runs/, as the original's
+    # Hydra's own output folder under runs/, as for the original run, not outputs/ in the cwd.
+    plain["hydra"] = {"run": {"dir": "${runs_dir}/hydra/train/${now:%Y-%m-%d_%H-%M-%S}"}}
     replay_dir = Path(tempfile.mkdtemp(dir=folder))
     (replay_dir / "config.yaml").write_text(OmegaConf.to_yaml(plain))
     command = [

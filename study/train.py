@@ -39,6 +39,7 @@ REPLAY_HEADER = """\
 # The resolved config of one study.train run. Replay it with
 #   python -m study.train --config-path <folder of this file> --config-name config
 """
+REPLAY_OF_TAG = "replay_of"  # on a replay's run: the id of the run whose config.yaml it replays
 # Keeps a replay's Hydra output folder under runs/, like the original command.
 REPLAY_HYDRA_BLOCK = {"hydra": {"run": {"dir": "${runs_dir}/hydra/train/${now:%Y-%m-%d_%H-%M-%S}"}}}
 
@@ -47,7 +48,7 @@ def train(
     cfg: DictConfig,
     on_epoch_end: EpochCallback | None = None,
     *,
-    run_id: str | None = None,
+    tracker: RunTracker | None = None,
     output_dir: Path | str | None = None,
     tensorboard_dir: Path | str | None = None,
     evaluate_test: bool = True,
@@ -55,27 +56,33 @@ def train(
     """Train the configured model, track it in MLflow and return its final metrics.
 
     on_epoch_end(epoch, metrics) is called after each epoch's metrics are logged; it may raise
-    to stop training (a pruned trial does). `run_id` logs into an existing MLflow run instead
-    of creating one; `output_dir` keeps the local copies of the artifacts (a temporary folder
+    to stop training (a pruned trial does). `tracker` logs into a run its caller owns (and
+    ends: a trial of a study) instead of creating and ending one; `output_dir` keeps the
+    local copies of the artifacts (a temporary folder
     when None), `tensorboard_dir` the event files (default: `output_dir/tensorboard`).
     `evaluate_test=False` leaves the test set alone (trials of a study).
     """
     cfg = checked_config(cfg)
     dataset = load_dataset(cfg.data, cfg.trainer.seed)  # the last input check: data files
+    import keras
+
     from study import backend
+    from study.lineage import log_keras_model, system_metrics
     from study.tracking import RunTracker, check_tracking_store
 
-    if run_id is None:  # a trial's run exists: the study's driver checked the store
+    if tracker is None:  # a trial's run exists: the study's driver checked the store
         check_tracking_store(cfg.mlflow)
     with tempfile.TemporaryDirectory(prefix="study-") as scratch:
         folder = Path(output_dir) if output_dir is not None else Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
-        tracker = (
-            RunTracker.resume(cfg.mlflow, run_id)
-            if run_id
-            else RunTracker.start(cfg.mlflow, run_name=cfg.mlflow.run_name, tags=cfg.mlflow.tags)
-        )
-        with tracker:
+        owned = tracker is None
+        if owned:
+            tracker = RunTracker.start(cfg.mlflow, run_name=run_name(cfg), tags=cfg.mlflow.tags)
+        interval = cfg.mlflow.system_metrics_interval
+        with (
+            tracker if owned else contextlib.nullcontext(tracker),
+            system_metrics(cfg.mlflow.tracking_uri, tracker.run_id, interval),
+        ):
             log_run_description(tracker, cfg, dataset)
             backend.seed_everything(cfg.trainer.seed)
             model = compile_model(cfg, dataset)
@@ -83,8 +90,19 @@ def train(
             metrics = fit_and_evaluate(
                 cfg, model, dataset, tracker, folder, logdir, on_epoch_end, evaluate_test
             )
+            if evaluate_test:  # a run of its own (not a trial): its best model, ready to serve
+                best = keras.saving.load_model(folder / "checkpoints" / "best.keras")
+                log_keras_model(cfg.mlflow.tracking_uri, tracker.run_id, best, dataset.x_test)
         log.info("run %s: best val_accuracy %.4f", tracker.run_id, metrics["best_val_accuracy"])
         return metrics
+
+
+def run_name(cfg: DictConfig) -> str:
+    """mlflow.run_name, or what the run is: cnn-adam-mnist (a replay: cnn-adam-mnist-replay)."""
+    if cfg.mlflow.run_name:
+        return cfg.mlflow.run_name
+    name = f"{cfg.model.name}-{cfg.optimizer.name}-{cfg.data.name}"
+    return f"{name}-replay" if REPLAY_OF_TAG in cfg.mlflow.tags else name
 
 
 def compile_model(cfg: DictConfig, dataset: Dataset) -> keras.Model:
@@ -127,6 +145,7 @@ def log_run_description(tracker: RunTracker, cfg: DictConfig, dataset: Dataset) 
     import keras
 
     from study import backend
+    from study.lineage import log_dataset
     from study.tracking import flatten
 
     tracker.log_params(flatten(OmegaConf.to_container(cfg)))
@@ -142,6 +161,7 @@ def log_run_description(tracker: RunTracker, cfg: DictConfig, dataset: Dataset) 
             **versions,
         }
     )
+    log_dataset(tracker.client, tracker.run_id, dataset)
 
 
 def fit_and_evaluate(
@@ -158,7 +178,7 @@ def fit_and_evaluate(
     from study.tensorboard import ScalarWriter
 
     trainer = cfg.trainer
-    config_file = write_replay_config(cfg, folder / "config.yaml")
+    config_file = write_replay_config(cfg, folder / "config.yaml", tracker.run_id)
     tracker.log_artifact(config_file)
     checkpoints = folder / "checkpoints"
     checkpoints.mkdir(exist_ok=True)
@@ -221,11 +241,14 @@ def summarize(
     return {**history[-1], **summary, "epochs": float(len(history))}
 
 
-def write_replay_config(cfg: DictConfig, path: Path) -> Path:
-    """The resolved config as the primary config of a replay (`--config-name config`)."""
+def write_replay_config(cfg: DictConfig, path: Path, run_id: str) -> Path:
+    """The resolved config as the primary config of a replay (`--config-name config`); the
+    replay's run is tagged with the run it replays (`replay_of`)."""
     from study.tracking import write_masked
 
-    body = OmegaConf.to_yaml({**OmegaConf.to_container(cfg), **REPLAY_HYDRA_BLOCK})
+    plain = OmegaConf.to_container(cfg)
+    plain["mlflow"]["tags"] = {**plain["mlflow"]["tags"], REPLAY_OF_TAG: run_id}
+    body = OmegaConf.to_yaml({**plain, **REPLAY_HYDRA_BLOCK})
     return write_masked(path, REPLAY_HEADER + body)
 
 

@@ -153,7 +153,7 @@ SWEEP_BASE = ["data=digits", "search_space=learning_rate", "study.n_trials=2"]
     [
         (
             [f"study.storage=postgresql://u:{PASSWORD}@127.0.0.1:{free_port()}/optuna"],
-            "study.sweep: error: study.storage: cannot open postgresql://u:***@127.0.0.1:",
+            "study.sweep: error: study.storage: postgresql://u:***@127.0.0.1:",
         ),
         (
             ["study.storage=sqlite:/runs/optuna.db"],

@@ -431,6 +431,7 @@ FIRST_RUN = "python -m study.train data=digits model=mlp trainer.epochs=20"
 DOWNLOAD = "downloads MNIST: run on the local copy"  # the reason a command gets data.path appended
 INSTALL = "installs the project: CI runs this install first (.ci/run), these tests run in it"
 SUITE = "the test suite itself: CI runs it (.ci/run)"
+DASHBOARD_INSTALL = 'pip install -e ".[dashboard]" && '
 SCALE_OUT = "needs PostgreSQL and other machines: tests/test_scale_out.py runs this setup on 127.0.0.1"
 DEFAULT_STUDY = "python -m study.sweep data.path=../shared/data/mnist"
 CNN_LR = "python -m study.sweep study.name=cnn-lr study.n_trials=60 search_space=cnn_only pruner=hyperband"
@@ -450,12 +451,13 @@ REPLAY_DOWNLOAD = (
 
 CASES: dict[str, Case] = {
     # On a fresh machine
-    'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]"': Case(skip=INSTALL),
+    "python3 -m venv .venv && . .venv/bin/activate && pip install -e .": Case(skip=INSTALL),
     FIRST_RUN: Case(expect=(finished_run(test_accuracy_at_least=0.95),)),
     "python -m study.train data.path=../shared/data/mnist": Case(
         append=TINY, expect=(finished_run(),), slow=True
     ),
     "python -m study.train": Case(append=f"{LOCAL_MNIST} {TINY}", expect=(finished_run(),), slow=True),
+    'pip install -e ".[dev]" && python -m pytest': Case(skip=f"{INSTALL}; {SUITE}"),
     "python -m pytest": Case(skip=SUITE),
     "mlflow ui --backend-store-uri sqlite:///runs/mlflow.db": Case(
         append="--port {port}",
@@ -506,7 +508,8 @@ CASES: dict[str, Case] = {
         expect=(study_done("cnn-lr", 3),),
         slow=True,
     ),
-    "optuna-dashboard sqlite:///runs/optuna.db": Case(
+    'pip install -e ".[dashboard]" && optuna-dashboard sqlite:///runs/optuna.db': Case(
+        replace=((DASHBOARD_INSTALL, ""),),  # CI installs .[dev], which holds .[dashboard]
         append="--port {port}",
         needs=(DEFAULT_STUDY,),
         server="/",
