@@ -126,6 +126,7 @@ def test_a_replayed_config_with_a_yaml_syntax_error(tmp_path):
     )
 
 
+@pytest.mark.slow  # a store made and read by two processes: about 15 s
 def test_a_deleted_experiment_is_named(tmp_path):
     store = f"sqlite:///{tmp_path / 'store.db'}"
     client = MlflowClient(tracking_uri=store)
@@ -137,6 +138,7 @@ def test_a_deleted_experiment_is_named(tmp_path):
     assert client.search_runs([client.get_experiment_by_name("study").experiment_id]) == []
 
 
+@pytest.mark.slow  # MLflow's client gives up after one retry: about 10 s
 def test_an_unreachable_tracking_server_is_one_line_without_its_password(tmp_path):
     url = f"http://alice:{PASSWORD}@127.0.0.1:{free_port()}"
     done = run_command("train", "data=digits", f"mlflow.tracking_uri={url}", cwd=tmp_path)

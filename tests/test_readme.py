@@ -324,8 +324,11 @@ def study_done(name: str, trials: int, workers: int = 1) -> Expectation:
     runs/studies/<name>/; one MLflow parent run with a child run per trial."""
 
     def check(result: Result, ws: Workspace) -> None:
-        assert "best: trial" in result.stdout, result.describe()
-        assert f"TensorBoard: tensorboard --logdir runs/studies/{name}/tensorboard" in result.stdout
+        assert re.search(
+            r"^winner: trial \d+, val_accuracy [01]\.\d{4}, test_accuracy [01]\.\d{4}$", result.stdout, re.M
+        ), result.describe()
+        assert "look further:" in result.stdout, result.describe()
+        assert f"tensorboard --logdir runs/studies/{name}/tensorboard" in result.stdout
         folder = ws.work / "runs" / "studies" / name
         assert len(pd.read_csv(folder / "leaderboard.csv")) == trials
         assert (folder / "plots" / "optimization_history.png").is_file()
