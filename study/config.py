@@ -243,12 +243,60 @@ class NopPrunerConfig:
 
 
 @dataclass
+class NoSchedulerConfig:
+    """Every trial trains its whole budget in one go; the pruner may stop it early."""
+
+    name: str = "none"
+
+
+RESOURCE_UNITS = ("epochs", "steps")
+
+
+@dataclass
+class AshaSchedulerConfig:
+    """Asynchronous successive halving with promotion (study/scheduler.py)."""
+
+    name: str = "asha"
+    min_resource: int = 1  # the first rung's budget, in resource_unit
+    reduction_factor: int = 3  # eta: the top 1/eta of a rung goes on; budgets grow eta-fold
+    max_resource: int | None = None  # the top rung's budget; null: trainer.epochs (see scheduler.py)
+    resource_unit: str = "epochs"  # epochs | steps (optimizer steps: a rung may end mid-epoch)
+    brackets: int = 1  # Hyperband brackets over ASHA: bracket b starts at rung b
+
+    @staticmethod
+    def checks(cfg: Any) -> list[tuple[str, bool, str, Any]]:
+        return [
+            ("scheduler.min_resource", cfg.min_resource >= 1, "an integer >= 1", cfg.min_resource),
+            (
+                "scheduler.reduction_factor",
+                cfg.reduction_factor >= 2,
+                "an integer >= 2",
+                cfg.reduction_factor,
+            ),
+            (
+                "scheduler.max_resource",
+                cfg.max_resource is None or cfg.max_resource >= 1,
+                "null or an integer >= 1",
+                cfg.max_resource,
+            ),
+            (
+                "scheduler.resource_unit",
+                cfg.resource_unit in RESOURCE_UNITS,
+                " or ".join(RESOURCE_UNITS),
+                cfg.resource_unit,
+            ),
+            ("scheduler.brackets", cfg.brackets >= 1, "an integer >= 1", cfg.brackets),
+        ]
+
+
+@dataclass
 class SweepStudyPart:
     """What a study adds to the train config."""
 
     study: StudyConfig = field(default_factory=StudyConfig)
     sampler: Any = MISSING
     pruner: Any = MISSING
+    scheduler: Any = MISSING
     search_space: dict[str, ParamSpec] = field(default_factory=dict)
 
 
@@ -257,7 +305,7 @@ class SweepConfig(TrainConfig, SweepStudyPart):
     """The primary schema of `conf/sweep.yaml`: the train config plus the study part."""
 
 
-SWEEP_KEYS = ("study", "sampler", "pruner", "search_space")
+SWEEP_KEYS = ("study", "sampler", "pruner", "scheduler", "search_space")
 
 # Group option name -> schema. `checked_config` picks the schema from the node's `name`.
 SCHEMAS: dict[str, dict[str, type]] = {
@@ -280,6 +328,7 @@ SWEEP_SCHEMAS: dict[str, dict[str, type]] = {
         "threshold": ThresholdPrunerConfig,
         "none": NopPrunerConfig,
     },
+    "scheduler": {"none": NoSchedulerConfig, "asha": AshaSchedulerConfig},
 }
 
 
@@ -381,6 +430,17 @@ def checked_sweep_config(cfg: DictConfig) -> DictConfig:
             study.max_failed_trials,
         ),
     ]
+    if typed.scheduler.name == "asha":
+        checks += AshaSchedulerConfig.checks(typed.scheduler)
+        checks.append(
+            (
+                "pruner",
+                typed.pruner.name == "none",
+                "none with scheduler=asha (the scheduler decides which trials go on; "
+                "or pick scheduler=none to prune)",
+                typed.pruner.name,
+            )
+        )
     for key, is_valid, expected, value in checks:
         if not is_valid:
             raise ConfigError(f"{key}: expected {expected}, got {value!r}")
