@@ -11,7 +11,9 @@ from optuna.trial import TrialState, create_trial
 
 from study import scheduler
 from study.config import ConfigError, checked_sweep_config
+from study.samplers import RungSampler, build_sampler, for_scheduler
 from study.scheduler import CONFIG_ATTR, RUNG_ATTR, Ladder
+from study.search_space import SearchSpace
 from study.storage import NOT_NEEDED_ATTR
 from tests.conftest import compose_config
 
@@ -273,3 +275,46 @@ def test_a_simulated_study_promotes_the_best_and_trains_nothing_twice(workers):
     assert trained[best_config.number] == 9  # the best configuration reached the full budget
     assert scheduler.config_of(scheduler.best_trial(trials)) == best_config.number
     assert sum(trained.values()) < 27 * 9 / 3  # a third of training every configuration fully
+
+
+def test_tpe_behind_the_rung_sampler_learns_from_one_rung_only():
+    """TPE behind RungSampler samples exactly what TPE samples on a study holding only the
+    chosen rung's trials; a promotion asks it for nothing."""
+    trials = Trials()
+    configs = [trials.config(value / 10, lr=10 ** (-value / 2)) for value in range(1, 8)]
+    for config, value in zip(configs[-3:], (0.95, 0.7, 0.8), strict=True):  # rung 1 ranks anew
+        trials.promotion(config, 1, value)
+    only_rung_1 = Trials()
+    for config, value in zip(configs[-3:], (0.95, 0.7, 0.8), strict=True):
+        only_rung_1.config(value, lr=trials.study.trials[config].params["lr"])
+
+    def tpe():
+        return optuna.samplers.TPESampler(seed=3, n_startup_trials=3, multivariate=True, group=True)
+
+    trials.study.sampler = RungSampler(tpe(), min_results=3)
+    only_rung_1.study.sampler = tpe()
+    for _ in range(3):
+        wrapped, plain = trials.study.ask(), only_rung_1.study.ask()
+        assert wrapped.suggest_float("lr", 1e-4, 1.0, log=True) == plain.suggest_float(
+            "lr", 1e-4, 1.0, log=True
+        )
+        trials.study.tell(wrapped, state=TrialState.FAIL)
+        only_rung_1.study.tell(plain, state=TrialState.FAIL)
+
+    promotion = scheduler.next_promotion(trials.all, NINE)
+    trials.study.enqueue_trial(promotion.params, user_attrs=promotion.user_attrs)
+    resumed = trials.study.ask()
+    assert resumed.relative_params == {}
+    assert resumed.suggest_float("lr", 1e-4, 1.0, log=True) == promotion.params["lr"]
+
+
+def test_only_model_based_samplers_are_wrapped_under_asha():
+    def sampler_for(*overrides):
+        cfg = checked_sweep_config(compose_config("sweep", list(overrides)))
+        return for_scheduler(build_sampler(cfg.sampler, SearchSpace(cfg.search_space)), cfg)
+
+    assert isinstance(sampler_for("scheduler=asha", "pruner=none"), RungSampler)
+    assert sampler_for("scheduler=asha", "pruner=none").min_results == 5  # TPE's n_startup_trials
+    random = sampler_for("scheduler=asha", "pruner=none", "sampler=random")
+    assert isinstance(random, optuna.samplers.RandomSampler)
+    assert isinstance(sampler_for("scheduler=none"), optuna.samplers.TPESampler)
