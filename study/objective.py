@@ -1,35 +1,47 @@
-"""One Optuna trial = one `study.train` run, nested under the study's parent run in MLflow."""
+"""One Optuna trial = one `study.train` run, nested under the study's parent run in MLflow.
+
+The objective owns the trial's MLflow run from start to end (`TrialRun`): it opens the run,
+hands its tracker to `train`, and the way training ends sets the run's status and the
+`optuna.trial.state` tag before the run ends. Every way a trial can fail leaves a one-line
+reason on the trial, so the study's failure budget counts it.
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-import keras
 import optuna
 from omegaconf import DictConfig
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from study.search_space import Composer, SearchSpace, as_overrides
-from study.storage import (
+from study.names import (
     FAIL_REASON_ATTR,
     MLFLOW_RUN_ATTR,
     NOT_NEEDED_ATTR,
+    OPTUNA_STUDY_TAG,
+    RETRY_OF_TAG,
+    STUDY_NAME_TAG,
+    TRIAL_NUMBER_TAG,
     WORKER_ATTR,
-    worker_identity,
 )
-from study.tensorboard import write_hparams
-from study.tracking import RunTracker, end_run_if_running, mask_secrets
-from study.train import train
+from study.search_space import Composer, SearchSpace, as_overrides
+from study.signals import WorkerSignals
+from study.storage import worker_identity
+from study.tracking import short_error
+from study.trial_run import TrialRun
 
-log = logging.getLogger(__name__)
-
-STATE_TAG = "optuna.trial.state"
+log = logging.getLogger("study.worker")
 
 
-class SurplusTrialError(RuntimeError):
+class NotNeeded(Exception):
     """Other workers already run or finished study.n_trials trials; this one is not needed."""
+
+
+class Interrupted(BaseException):
+    """The worker was told to stop mid-trial. A BaseException on purpose: Optuna then leaves
+    the trial RUNNING instead of failing it, and the worker fails and retries it."""
 
 
 class TrialObjective:
@@ -43,6 +55,7 @@ class TrialObjective:
         space: SearchSpace,
         parent_run_id: str,
         study_dir: Path,
+        signals: WorkerSignals | None = None,
     ):
         self.base = base  # the checked train part of the sweep config
         self.settings = settings  # the checked study part
@@ -50,22 +63,51 @@ class TrialObjective:
         self.space = space
         self.parent_run_id = parent_run_id
         self.study_dir = study_dir
+        self.signals = signals or WorkerSignals()
+        self.current: optuna.Trial | None = None  # the trial this worker runs now
 
     def __call__(self, trial: optuna.Trial) -> float:
+        self.current = trial
+        try:
+            try:
+                trial.set_user_attr(WORKER_ATTR, worker_identity())  # first: who owns this trial
+            finally:
+                self.signals.release()  # held since before study.ask(); a signal now raises here
+            return self._run(trial)
+        except KeyboardInterrupt:
+            log.info("trial %d: interrupted; it will be retried", trial.number)
+            raise Interrupted from None
+        except optuna.TrialPruned as pruned:
+            log.info("trial %d: %s", trial.number, pruned)
+            raise
+        except NotNeeded as surplus:
+            trial.set_user_attr(NOT_NEEDED_ATTR, True)
+            trial.set_user_attr(FAIL_REASON_ATTR, f"not needed: {surplus}")
+            log.info("trial %d: not needed (%s)", trial.number, surplus)
+            raise
+        except Exception as error:
+            trial.set_user_attr(FAIL_REASON_ATTR, short_error(error))
+            log.exception("trial %d failed: %s", trial.number, short_error(error))
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float:
+        import keras  # the backend starts in the worker, not in the driver that imports this
+
+        from study.tensorboard import write_hparams
+        from study.train import train
+
         trials = trial.study.get_trials(deepcopy=False)
         self._refuse_surplus(trial, trials)
         sampled = self.space.sample(trial, self.base)
         frozen = next(other for other in trials if other.number == trial.number)
-        trial.set_user_attr(WORKER_ATTR, worker_identity())
-        tracker = RunTracker.start(
+        trial_run = TrialRun.start(
             self.base.mlflow,
             run_name=f"{self.settings.study.name}-trial-{trial.number:04d}",
             tags=self._tags(trial, frozen),
             parent_run_id=self.parent_run_id,
         )
-        run_id = tracker.run_id
-        try:
-            trial.set_user_attr(MLFLOW_RUN_ATTR, run_id)  # first: cleanup after a crash needs it
+        with trial_run as tracker:
+            trial.set_user_attr(MLFLOW_RUN_ATTR, tracker.run_id)
             logdir = self.study_dir / "tensorboard" / f"trial_{trial.number:04d}"
             write_hparams(logdir, trial.params, trial_id=f"trial_{trial.number:04d}")
             cfg = self.compose(as_overrides(sampled))
@@ -73,32 +115,24 @@ class TrialObjective:
             metrics = train(
                 cfg,
                 on_epoch_end=self._reporter(trial),
-                run_id=run_id,
+                tracker=tracker,
                 tensorboard_dir=logdir,
                 evaluate_test=False,  # the study's winner alone meets the test set, at the end
             )
-        except optuna.TrialPruned:
-            tracker.client.set_tag(run_id, STATE_TAG, TrialState.PRUNED.name)
-            raise
-        except BaseException as error:
-            trial.set_user_attr(FAIL_REASON_ATTR, mask_secrets(f"{type(error).__name__}: {error}")[:1000])
-            tracker.client.set_tag(run_id, STATE_TAG, TrialState.FAIL.name)
-            end_run_if_running(tracker.client, run_id, error)  # errors before train's own handling
-            raise
-        tracker.client.set_tag(run_id, STATE_TAG, TrialState.COMPLETE.name)
-        return metrics["best_val_accuracy"]
+        value = metrics["best_val_accuracy"]
+        log.info("trial %d: complete, val_accuracy %.4f", trial.number, value)
+        return value
 
     def _tags(self, trial: optuna.Trial, frozen: FrozenTrial) -> dict[str, str]:
         tags = {
             **self.base.mlflow.tags,
-            "study.name": self.settings.study.name,
-            "optuna.study_name": trial.study.study_name,
-            "optuna.trial.number": str(trial.number),
-            STATE_TAG: TrialState.RUNNING.name,
+            STUDY_NAME_TAG: self.settings.study.name,
+            OPTUNA_STUDY_TAG: trial.study.study_name,
+            TRIAL_NUMBER_TAG: str(trial.number),
         }
         retry_of = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
         if retry_of is not None:
-            tags["optuna.trial.retry_of"] = str(retry_of)
+            tags[RETRY_OF_TAG] = str(retry_of)
         return tags
 
     def _refuse_surplus(self, trial: optuna.Trial, trials: list[FrozenTrial]) -> None:
@@ -111,10 +145,7 @@ class TrialObjective:
             elif other.state == TrialState.RUNNING and other.number < trial.number:
                 earlier_active += 1
         if done + earlier_active >= self.settings.study.n_trials:
-            trial.set_user_attr(NOT_NEEDED_ATTR, True)  # not a failure of the config
-            raise SurplusTrialError(
-                f"not needed: {done} trials done and {earlier_active} running reach study.n_trials"
-            )
+            raise NotNeeded(f"{done} trials done and {earlier_active} running reach study.n_trials")
 
     @staticmethod
     def _reporter(trial: optuna.Trial):

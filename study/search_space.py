@@ -166,6 +166,9 @@ class SearchSpace:
                 params[entry.name] = value
         return params
 
+    def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        return {entry.name: entry.distribution() for entry in self.entries}
+
     def grid(self) -> dict[str, list[Any]]:
         return {entry.name: entry.grid_values() for entry in self.entries}
 

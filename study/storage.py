@@ -1,18 +1,28 @@
-"""Optuna storage for a study, and the counts that decide when a study is done.
+"""Optuna storage for a study, and what happens to trials whose worker is gone.
 
 `study.storage` is an Optuna storage URL (SQLite, PostgreSQL, MySQL: an RDB storage with
-heartbeats, so the trial of a dead worker is failed, its MLflow run ended and the trial
-retried) or a journal file path (for shared file systems; no heartbeat).
+heartbeats) or a journal file path (for shared file systems; no heartbeat).
+
+A trial is safe from the moment it exists. A RUNNING trial with no live owner is failed and
+retried with the same parameters and user attributes (the enqueued baseline stays the
+baseline) by whichever process notices first: a driver starting or polling, or a worker
+between trials. "No live owner" is any of:
+- its heartbeat went stale (Optuna's own check, RDB storages);
+- its worker (`host:pid`, recorded right after the trial is asked for) was on this machine
+  and that process is gone;
+- it has no worker recorded and started more than a grace period ago: its process died
+  between `study.ask()` and the first thing the objective does.
+The storage decides atomically which process fails a trial, so a trial is retried once.
 """
 
 from __future__ import annotations
 
-import collections
+import copy
 import logging
 import os
 import socket
+import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -22,7 +32,21 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from study.tracking import end_run_if_running
+from study.budget import TrialCounts
+from study.budget import count_trials as _count
+from study.config import ConfigError
+from study.names import (
+    ATTEMPT_ATTRS,
+    FAIL_REASON_ATTR,
+    MLFLOW_RUN_ATTR,
+    NOT_NEEDED_ATTR,
+    PARENT_RUN_ATTR,
+    RETRY_OF_ATTR,
+    TRIAL_NUMBER_TAG,
+    WORKER_ATTR,
+)
+from study.tracking import mask_secrets
+from study.trial_run import end_abandoned_run
 
 # Heartbeats, retries and TPE's `group` are marked experimental by Optuna; they are what we want.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -30,58 +54,129 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 log = logging.getLogger(__name__)
 
 SQLITE_LOCK_TIMEOUT_SECONDS = 60  # several workers write to one SQLite file
-# Trial user attributes.
-MLFLOW_RUN_ATTR = "mlflow_run_id"
-FAIL_REASON_ATTR = "fail_reason"  # set for a trial that failed on its own (error, NaN loss)
-NOT_NEEDED_ATTR = "not_needed"  # a trial that lost the race for the last places of the study
-WORKER_ATTR = "worker"  # host:pid of the worker process that runs the trial
-RETRY_OF_ATTR = "retry_of"
+SQLITE_HEADER = b"SQLite format 3\x00"
+__all__ = [
+    "FAIL_REASON_ATTR",
+    "MLFLOW_RUN_ATTR",
+    "NOT_NEEDED_ATTR",
+    "RETRY_OF_ATTR",
+    "WORKER_ATTR",
+    "TrialCounts",
+]
 
 
 def make_storage(study_cfg: DictConfig, tracking_uri: str) -> optuna.storages.BaseStorage:
     url = study_cfg.storage
+    retry = RetryWithSameParams(tracking_uri, study_cfg.max_retry)
     if "://" not in url:
+        check_existing_file(Path(url), "an Optuna journal file", _journal_header_ok)
         Path(url).parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(url))
+        try:
+            return JournalStorage(JournalFileBackend(url))
+        except Exception as error:
+            raise ConfigError(describe_storage_error(error, url)) from None
     engine_kwargs = {}
     if url.startswith("sqlite:"):
         database = url.removeprefix("sqlite:///")
         if database and database != ":memory:":
+            check_existing_file(Path(database), "an Optuna SQLite database", _sqlite_header_ok)
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_SECONDS}}
-    return optuna.storages.RDBStorage(
-        url,
-        engine_kwargs=engine_kwargs,
-        heartbeat_interval=study_cfg.heartbeat_interval,
-        grace_period=2 * study_cfg.heartbeat_interval,
-        heartbeat_stale_trial_callback=StaleTrialCallback(tracking_uri, study_cfg.max_retry),
-    )
+    try:
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=study_cfg.heartbeat_interval,
+            grace_period=grace_period(study_cfg),
+            heartbeat_stale_trial_callback=retry,
+        )
+    except Exception as error:  # unreachable server, truncated file, wrong password, ...
+        raise ConfigError(describe_storage_error(error, url)) from None
 
 
-class StaleTrialCallback:
-    """A worker died mid-trial: end the trial's MLflow run, then let Optuna retry the trial."""
+def grace_period(study_cfg: DictConfig) -> float:
+    """Seconds after which a silent trial has no live owner."""
+    return 2 * study_cfg.heartbeat_interval
+
+
+def check_existing_file(path: Path, kind: str, header_ok) -> None:
+    """An existing study file must be what it claims: never silently replaced by a new study."""
+    if not path.exists():
+        return
+    if path.is_dir():
+        raise ConfigError(f"study.storage: {path} is a folder; expected {kind}")
+    size = path.stat().st_size
+    if size == 0:
+        raise ConfigError(
+            f"study.storage: {path} is empty (0 bytes), not {kind}; it may be damaged: "
+            "restore it, or move it away to start a new study"
+        )
+    with path.open("rb") as file:
+        head = file.read(len(SQLITE_HEADER))
+    if not header_ok(head):
+        raise ConfigError(f"study.storage: {path} is not {kind} (damaged or another kind of file)")
+
+
+def _sqlite_header_ok(head: bytes) -> bool:
+    return head == SQLITE_HEADER
+
+
+def _journal_header_ok(head: bytes) -> bool:
+    return head.startswith(b"{")  # Optuna's journal: one JSON object per line
+
+
+def describe_storage_error(error: Exception, url: str) -> str:
+    """One line for a storage that exists but cannot be read (truncated, garbage, locked)."""
+    first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    return mask_secrets(f"study.storage: {url}: cannot be read as an Optuna study store ({first.strip()})")
+
+
+class RetryWithSameParams:
+    """Optuna's retry of a failed trial, less the attributes of the failed attempt.
+
+    RetryHeartbeatStaleTrialCallback copies the user attributes: the new trial would otherwise
+    start with the dead worker's pid and MLflow run, and look dead itself. It also ends the
+    dead attempt's MLflow run (KILLED, state FAIL).
+    """
 
     def __init__(self, tracking_uri: str, max_retry: int):
         self.tracking_uri = tracking_uri
         self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=False)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.retry(study, trial)  # first: an unreachable tracking server must not cost the retry
-        end_dead_workers_run(self.tracking_uri, trial)
+        attempt = copy.deepcopy(trial)
+        attempt.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ATTEMPT_ATTRS}
+        self.retry(study, attempt)  # first: an unreachable tracking server must not cost the retry
+        end_runs_of_dead_trial(self.tracking_uri, study, trial)
 
 
-def end_dead_workers_run(tracking_uri: str, trial: FrozenTrial) -> None:
-    run_id = trial.user_attrs.get(MLFLOW_RUN_ATTR)
-    if not run_id:
-        return
+def end_runs_of_dead_trial(tracking_uri: str, study: optuna.Study, trial: FrozenTrial) -> None:
+    """End the MLflow run of a trial whose worker is gone: the one it recorded, and any run
+    started for it before the worker could record it (found by its tags)."""
+    reason = "worker gone (killed, crashed or stopped); the trial is failed and retried"
     try:
-        end_run_if_running(
-            MlflowClient(tracking_uri=tracking_uri),
-            run_id,
-            "worker stopped sending heartbeats (killed or crashed); the trial is retried",
-        )
+        client = MlflowClient(tracking_uri=tracking_uri)
+        run_ids = {trial.user_attrs.get(MLFLOW_RUN_ATTR)} - {None}
+        run_ids |= set(running_runs_of_trial(client, study, trial.number))
+        for run_id in run_ids:
+            end_abandoned_run(client, run_id, TrialState.FAIL, reason)
     except Exception as error:  # the retry matters more than the run's status
-        log.warning("could not end MLflow run %s of dead trial %d: %s", run_id, trial.number, error)
+        log.warning("could not end the MLflow run of dead trial %d: %s", trial.number, error)
+
+
+def running_runs_of_trial(client: MlflowClient, study: optuna.Study, number: int) -> list[str]:
+    parent_id = study.user_attrs.get(PARENT_RUN_ATTR)
+    if not parent_id:
+        return []
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=(
+            f"tags.mlflow.parentRunId = '{parent_id}' and tags.`{TRIAL_NUMBER_TAG}` = '{number}' "
+            "and attributes.status = 'RUNNING'"
+        ),
+    )
+    return [run.info.run_id for run in runs]
 
 
 def has_heartbeat(storage: optuna.storages.BaseStorage) -> bool:
@@ -93,23 +188,53 @@ def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def fail_orphaned_trials(study: optuna.Study, tracking_uri: str) -> int:
-    """For storages without heartbeat (the journal file): fail and retry the RUNNING trials
-    whose worker process on this machine is gone. Returns how many."""
-    host = socket.gethostname()
-    orphaned = 0
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner_host, _, pid = trial.user_attrs.get(WORKER_ATTR, "").rpartition(":")
-        if owner_host != host or not pid.isdigit() or _process_alive(int(pid)):
-            continue
-        study.tell(trial.number, state=TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={RETRY_OF_ATTR: trial.number})
-        end_dead_workers_run(tracking_uri, trial)
-        orphaned += 1
-    return orphaned
+def has_no_live_owner(trial: FrozenTrial, grace_seconds: float, now: float | None = None) -> bool:
+    """A RUNNING trial whose worker is gone, as far as this machine can tell (see the module
+    docstring); a stale heartbeat is Optuna's own check."""
+    if trial.state != TrialState.RUNNING:
+        return False
+    owner = trial.user_attrs.get(WORKER_ATTR)
+    if owner is None:
+        now = time.time() if now is None else now
+        started = trial.datetime_start.timestamp() if trial.datetime_start else now
+        return now - started > grace_seconds
+    host, _, pid = owner.rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid))
 
 
-def _process_alive(pid: int) -> bool:
+def fail_ownerless_trials(
+    study: optuna.Study,
+    study_cfg: DictConfig,
+    tracking_uri: str,
+    trials: list[FrozenTrial] | None = None,
+) -> int:
+    """Fail and retry every RUNNING trial with no live owner; returns how many this process
+    failed (another process may win the race for some)."""
+    if has_heartbeat(study._storage):
+        optuna.storages.fail_stale_trials(study)  # stale heartbeats: Optuna's check and our retry
+    trials = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if trials is None else trials
+    grace = grace_period(study_cfg)
+    retry = RetryWithSameParams(tracking_uri, study_cfg.max_retry)
+    failed = 0
+    for trial in trials:
+        if has_no_live_owner(trial, grace) and fail_trial(study, trial, "its worker is gone"):
+            log.warning("trial %d: its worker is gone; failed and retried", trial.number)
+            retry(study, study._storage.get_trial(trial._trial_id))
+            failed += 1
+    return failed
+
+
+def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
+    """Mark a RUNNING trial FAIL with a reason; False if another process finished it first."""
+    storage = study._storage
+    try:
+        storage.set_trial_user_attr(trial._trial_id, FAIL_REASON_ATTR, reason)
+        return storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+
+
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -119,47 +244,9 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-@dataclass(frozen=True)
-class TrialCounts:
-    complete: int = 0
-    pruned: int = 0
-    failed: int = 0
-    running: int = 0
-    waiting: int = 0
-
-    @property
-    def done(self) -> int:
-        """Trials that count towards study.n_trials."""
-        return self.complete + self.pruned
-
-
 def count_trials(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> TrialCounts:
     """Trials by state; pass `trials` when they were just fetched, to save a query."""
-    trials = study.get_trials(deepcopy=False) if trials is None else trials
-    states = collections.Counter(trial.state for trial in trials)
-    return TrialCounts(
-        complete=states[TrialState.COMPLETE],
-        pruned=states[TrialState.PRUNED],
-        failed=states[TrialState.FAIL],
-        running=states[TrialState.RUNNING],
-        waiting=states[TrialState.WAITING],
-    )
-
-
-def max_failed_trials(settings: DictConfig) -> int:
-    limit = settings.study.max_failed_trials
-    return settings.study.n_trials if limit is None else limit
-
-
-def failed_since(study: optuna.Study, start: float) -> int:
-    """Trials that failed on their own (not dead workers, not surplus) since `start`."""
-    return sum(
-        1
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-        if FAIL_REASON_ATTR in trial.user_attrs
-        and trial.datetime_start is not None
-        and trial.datetime_start.timestamp() >= start
-    )
+    return _count(study.get_trials(deepcopy=False) if trials is None else trials)
 
 
 def trial_score(trial: FrozenTrial) -> float | None:

@@ -11,10 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
-from dataclasses import dataclass
+import traceback
 from pathlib import Path
 
 import hydra
@@ -24,34 +23,32 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
+from study.budget import DONE, TIMEOUT, TrialCounts, Verdict, judge
 from study.cli import report_input_errors, run_cli
-from study.config import CONFIG_DIR, checked_config, checked_sweep_config
+from study.config import CONFIG_DIR, ConfigError, checked_config, checked_sweep_config
 from study.data import load_dataset
+from study.names import (
+    BASELINE_ATTR,
+    OPTUNA_STUDY_TAG,
+    PARENT_RUN_ATTR,
+    STUDY_NAME_TAG,
+    STUDY_ROLE_TAG,
+    TRIAL_NUMBER_TAG,
+)
+from study.pool import WorkerPool
 from study.pruners import build_pruner
-from study.results import evaluate_winner, leaderboard, log_plots
 from study.samplers import build_sampler
 from study.search_space import SearchSpace
-from study.storage import (
-    TrialCounts,
-    count_trials,
-    fail_orphaned_trials,
-    failed_since,
-    has_heartbeat,
-    make_storage,
-    max_failed_trials,
-)
-from study.tensorboard import write_hparams_config
-from study.tracking import RunTracker, flatten, terminal_status, write_masked
+from study.storage import count_trials, describe_storage_error, fail_ownerless_trials, make_storage
+from study.tracking import RunTracker, flatten, short_error, terminal_status, write_masked
+from study.trial_run import end_abandoned_run
 from study.worker import WorkerSpec, sweep_composer
 
 log = logging.getLogger(__name__)
 
-PARENT_RUN_ATTR = "mlflow_parent_run_id"
 PARENT_WAIT_SECONDS = 60.0
 POLL_SECONDS = 1.0
 PROGRESS_SECONDS = 5.0
-MAX_RESTARTS_PER_WORKER = 3
-SHUTDOWN_SECONDS = 60
 
 
 def run_sweep(
@@ -73,20 +70,23 @@ def run_sweep(
     space.check_against(compose_with)
     build_sampler(settings.sampler, space)
     build_pruner(settings.pruner)
+    storage = make_storage(settings.study, base.mlflow.tracking_uri)
+    study, created = create_or_load_study(settings, storage)
+    check_space_unchanged(study, space, base)
 
     # Inputs are good: from here on the stores are written.
     session_start = time.time()
     study_dir = Path(settings.study.output_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
-    storage = make_storage(settings.study, base.mlflow.tracking_uri)
-    study, created = create_or_load_study(settings, storage)
-    parent = parent_run(study, created, storage, settings, base, cfg, study_dir)
+    deadline = session_start + settings.study.timeout if settings.study.timeout else None
+    parent = None
     try:
+        parent = parent_run(study, created, storage, settings, base, cfg, study_dir)
         if created and settings.study.enqueue_defaults:
-            study.enqueue_trial(space.base_values(base), user_attrs={"baseline": True}, skip_if_exists=True)
-        if not has_heartbeat(storage):
-            fail_orphaned_trials(study, base.mlflow.tracking_uri)
-        deadline = session_start + settings.study.timeout if settings.study.timeout else None
+            study.enqueue_trial(
+                space.base_values(base), user_attrs={BASELINE_ATTR: True}, skip_if_exists=True
+            )
+        fail_ownerless_trials(study, settings.study, base.mlflow.tracking_uri)  # an earlier session's
         spec = WorkerSpec(
             str(config_dir),
             config_name,
@@ -95,37 +95,97 @@ def run_sweep(
             session_start=session_start,
             deadline=deadline,
         )
-        if count_trials(study).done < settings.study.n_trials:
-            WorkerPool(settings, spec, study_dir, storage, base.mlflow.tracking_uri).run(study)
-        summary = finish(study, settings, parent, study_dir)
-        check_complete(study, settings, session_start, deadline)
-    except BaseException as error:
-        parent.end(terminal_status(error), error)
+        if judge(study.get_trials(deepcopy=False), settings, session_start, deadline).stop is None:
+            Driver(study, settings, base, spec, study_dir).run()
+        try:
+            summary = finish(study, settings, parent, study_dir)
+        finally:
+            end_orphaned_runs(study, parent)
+        verdict = judge(study.get_trials(deepcopy=False), settings, session_start, deadline)
+        if verdict.stop not in (DONE, TIMEOUT):
+            raise StudyIncompleteError(incomplete_message(settings, verdict))
+    except (StudyIncompleteError, KeyboardInterrupt, SystemExit) as error:
+        end_quietly(parent, terminal_status(error), error)
         raise
+    except Exception as error:  # a full disk, a store that cannot be written, ...
+        end_quietly(parent, "FAILED", error)
+        raise session_failure(study, settings, session_start, deadline, study_dir, error) from error
     parent.end("FINISHED")
     return summary
 
 
 class StudyIncompleteError(RuntimeError):
-    """The workers stopped before study.n_trials trials were done."""
+    """This session stopped before study.n_trials trials were done."""
 
 
-def check_complete(
-    study: optuna.Study, settings: DictConfig, session_start: float, deadline: float | None
-) -> None:
-    counts = count_trials(study)
-    if counts.done >= settings.study.n_trials or (deadline is not None and time.time() >= deadline):
+def incomplete_message(settings: DictConfig, verdict: Verdict, reason: str | None = None) -> str:
+    counts = verdict.counts
+    return (
+        f"study {settings.study.name}: {counts.done} of {settings.study.n_trials} trials done: "
+        f"{reason or verdict.reason()}; {counts.running} still RUNNING. Run the command again to resume."
+    )
+
+
+def end_quietly(parent: RunTracker | None, status: str, error: BaseException | None) -> None:
+    """End the parent run; a store that cannot be written must not hide the session's error."""
+    if parent is None:
         return
-    failed = failed_since(study, session_start)
-    reason = (
-        f"{failed} trials failed (study.max_failed_trials)"
-        if failed >= max_failed_trials(settings)
-        else "the workers stopped (see logs/worker_N.log)"
-    )
-    raise StudyIncompleteError(
-        f"study {settings.study.name}: {counts.done} of {settings.study.n_trials} trials done: {reason}; "
-        f"{counts.running} still RUNNING. Run the command again to resume."
-    )
+    try:
+        parent.end(status, error)
+    except Exception as end_error:
+        log.warning("could not end the study's parent run %s: %s", parent.run_id, short_error(end_error))
+
+
+def session_failure(
+    study: optuna.Study,
+    settings: DictConfig,
+    session_start: float,
+    deadline: float | None,
+    study_dir: Path,
+    error: Exception,
+) -> StudyIncompleteError:
+    """The one line for a session that broke after the stores were written; the traceback
+    goes to logs/driver.log (when the disk still takes it)."""
+    details = study_dir / "logs" / "driver.log"
+    try:
+        details.parent.mkdir(parents=True, exist_ok=True)
+        with details.open("a") as file:
+            file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {''.join(traceback.format_exception(error))}")
+        where = f"; details in {details}"
+    except OSError:
+        where = ""
+    reason = f"the session failed ({short_error(error)}{where})"
+    try:
+        verdict = judge(study.get_trials(deepcopy=False), settings, session_start, deadline)
+        return StudyIncompleteError(incomplete_message(settings, verdict, reason))
+    except Exception:  # the study store itself is out of reach
+        return StudyIncompleteError(
+            f"study {settings.study.name}: {reason}. Run the command again to resume."
+        )
+
+
+def check_space_unchanged(study: optuna.Study, space: SearchSpace, base: DictConfig) -> None:
+    """A resumed study keeps its search space: Optuna cannot mix distributions of one name."""
+    current = space.distributions()
+    for trial in study.get_trials(deepcopy=False):
+        for name, distribution in trial.distributions.items():
+            if name not in current:
+                continue
+            try:
+                optuna.distributions.check_distribution_compatibility(distribution, current[name])
+            except ValueError:
+                before, now = describe_distribution(distribution), describe_distribution(current[name])
+                raise ConfigError(
+                    f"search_space.{name}: changed since study {study.study_name} began "
+                    f"(was {before}, now {now}); "
+                    "restore it, or start a new study with another study.name"
+                ) from None
+
+
+def describe_distribution(distribution: optuna.distributions.BaseDistribution) -> str:
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        return f"choices {list(distribution.choices)}"
+    return f"{type(distribution).__name__} {distribution.low}..{distribution.high}"
 
 
 def create_or_load_study(settings: DictConfig, storage) -> tuple[optuna.Study, bool]:
@@ -137,6 +197,8 @@ def create_or_load_study(settings: DictConfig, storage) -> tuple[optuna.Study, b
         return study, True
     except optuna.exceptions.DuplicatedStudyError:
         return optuna.load_study(study_name=settings.study.name, storage=storage), False
+    except Exception as error:  # a damaged or truncated store: name it, never replace it
+        raise ConfigError(describe_storage_error(error, settings.study.storage)) from None
 
 
 def parent_run(
@@ -163,7 +225,7 @@ def parent_run(
     tracker = RunTracker.start(
         base.mlflow,
         run_name=settings.study.name,
-        tags={**base.mlflow.tags, **parent_tags(settings.study.name), "optuna.study_name": study.study_name},
+        tags={**base.mlflow.tags, **parent_tags(settings.study.name), OPTUNA_STUDY_TAG: study.study_name},
     )
     try:
         study.set_user_attr(PARENT_RUN_ATTR, tracker.run_id)
@@ -182,155 +244,48 @@ def parent_run(
 
 
 def parent_tags(study_name: str) -> dict[str, str]:
-    return {"study.name": study_name, "study.role": "parent"}
+    return {STUDY_NAME_TAG: study_name, STUDY_ROLE_TAG: "parent"}
 
 
-@dataclass
-class Worker:
-    index: int
-    env: dict[str, str]
-    cores: list[int]
-    process: subprocess.Popen | None = None
-    restarts: int = 0
+class Driver:
+    """Watches the study while the workers run: progress, dead workers, ownerless trials."""
 
-
-class WorkerPool:
-    """Worker processes sharing the study storage; a dead worker is replaced."""
-
-    def __init__(self, settings: DictConfig, spec: WorkerSpec, study_dir: Path, storage, tracking_uri: str):
+    def __init__(
+        self, study: optuna.Study, settings: DictConfig, base: DictConfig, spec: WorkerSpec, study_dir
+    ):
+        self.study = study
         self.settings = settings
+        self.tracking_uri = base.mlflow.tracking_uri
         self.spec = spec
-        self.storage = storage
-        self.tracking_uri = tracking_uri
-        self.study_dir = study_dir
-        self.logs = study_dir / "logs"
-        self.logs.mkdir(exist_ok=True)
-        self.workers = [
-            Worker(index, env, cores) for index, (env, cores) in enumerate(worker_slots(settings.study))
-        ]
+        self.pool = WorkerPool(settings.study, spec, study_dir / "logs")
         self.progress = Progress(settings)
 
-    def run(self, study: optuna.Study) -> None:
-        for worker in self.workers:
-            self._start(worker)
+    def run(self) -> None:
+        print(f"[{self.settings.study.name}] worker logs: {self.pool.logs}", flush=True)
         previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
-            while any(w.process is not None for w in self.workers):
+            self.pool.start()
+            while self.pool.alive:
                 time.sleep(POLL_SECONDS)
-                trials = study.get_trials(deepcopy=False)  # one query a poll, for all below
-                counts = count_trials(study, trials)
-                self.progress.update(counts, trials)
-                for worker in self.workers:
-                    self._check(worker, counts, study)
+                trials = self.study.get_trials(deepcopy=False)  # one query a poll, for all below
+                verdict = self._judge(trials)
+                self.progress.update(verdict.counts, trials)
+                fail_ownerless_trials(self.study, self.settings.study, self.tracking_uri, trials)
+                self.pool.reap(may_restart=lambda: self._judge().stop is None)
         except KeyboardInterrupt:
-            self._stop_all()
+            self.pool.stop()
             raise
         finally:
             signal.signal(signal.SIGTERM, previous)
-            trials = study.get_trials(deepcopy=False)
-            self.progress.update(count_trials(study, trials), trials, force=True)
+            self.pool.remove_spec_files()
+            # The trials of workers that died (or were killed just now) are failed and retried.
+            fail_ownerless_trials(self.study, self.settings.study, self.tracking_uri)
+            trials = self.study.get_trials(deepcopy=False)
+            self.progress.update(self._judge(trials).counts, trials, force=True)
 
-    def _start(self, worker: Worker) -> None:
-        spec = WorkerSpec(**{**self.spec.__dict__, "worker_index": worker.index, "cores": worker.cores})
-        spec_file = spec.write(self.logs / f"worker_{worker.index}.json")
-        log_file = open(self.logs / f"worker_{worker.index}.log", "a")  # noqa: SIM115 - child owns it
-        worker.process = subprocess.Popen(
-            [sys.executable, "-m", "study.worker", str(spec_file)],
-            env=worker.env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            preexec_fn=terminate_with_parent,
-        )
-        log_file.close()
-
-    def _check(self, worker: Worker, counts: TrialCounts, study: optuna.Study) -> None:
-        if worker.process is None or worker.process.poll() is None:
-            return
-        code, worker.process = worker.process.returncode, None
-        if code == 0:
-            return
-        if not has_heartbeat(self.storage):  # nobody else will notice its trial is dead
-            fail_orphaned_trials(study, self.tracking_uri)
-        failed = failed_since(study, self.spec.session_start)
-        finished = counts.done >= self.settings.study.n_trials or failed >= max_failed_trials(self.settings)
-        if finished or worker.restarts >= MAX_RESTARTS_PER_WORKER:
-            log.warning("worker %d exited with %d (log: %s)", worker.index, code, self._log(worker))
-            return
-        worker.restarts += 1
-        log.warning(
-            "worker %d exited with %d; starting a replacement (log: %s)",
-            worker.index,
-            code,
-            self._log(worker),
-        )
-        self._start(worker)
-
-    def _stop_all(self) -> None:
-        """Ctrl-C: workers end their trials as failed and their runs as KILLED, then exit."""
-        running = [w.process for w in self.workers if w.process is not None]
-        for process in running:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        deadline = time.time() + SHUTDOWN_SECONDS
-        for process in running:
-            try:
-                process.wait(timeout=max(1.0, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-    def _log(self, worker: Worker) -> Path:
-        return self.logs / f"worker_{worker.index}.log"
-
-
-def terminate_with_parent() -> None:
-    """In a new worker: get SIGTERM when the driver dies, even by SIGKILL (Linux), so no worker
-    trains on as an orphan; it ends its trial and run cleanly instead."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-def worker_slots(study_cfg: DictConfig) -> list[tuple[dict[str, str], list[int]]]:
-    """(environment, CPU cores) for each worker.
-
-    With study.gpus, there is one worker per slot (gpus x trials_per_gpu); each sees only its
-    GPU and allocates memory as it needs it. Without, study.n_workers workers split the CPU
-    cores between them instead of each starting a thread per core.
-    """
-    base_env = {**os.environ, "TF_FORCE_GPU_ALLOW_GROWTH": "true", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
-    if study_cfg.gpus:
-        slots = [gpu for gpu in study_cfg.gpus for _ in range(study_cfg.trials_per_gpu)]
-        if study_cfg.n_workers not in (1, len(slots)):
-            log.warning(
-                "study.n_workers=%d ignored: the %d GPU slots (gpus x trials_per_gpu) set the workers",
-                study_cfg.n_workers,
-                len(slots),
-            )
-        return [({**base_env, "CUDA_VISIBLE_DEVICES": str(gpu)}, []) for gpu in slots]
-    cores = (
-        sorted(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else list(range(os.cpu_count() or 1))
-    )
-    workers = study_cfg.n_workers
-    if workers == 1:
-        return [(base_env, [])]  # one worker uses every core
-    slots = []
-    for index in range(workers):
-        share = cores[index::workers] or [cores[index % len(cores)]]
-        threads = str(len(share))
-        xla_flags = f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={threads}"
-        env = {
-            **base_env,
-            "TF_NUM_INTRAOP_THREADS": threads,
-            "TF_NUM_INTEROP_THREADS": "1",
-            "OMP_NUM_THREADS": threads,
-            "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {xla_flags}".strip(),  # JAX on CPU
-        }
-        slots.append((env, share))
-    return slots
+    def _judge(self, trials: list[FrozenTrial] | None = None) -> Verdict:
+        trials = self.study.get_trials(deepcopy=False) if trials is None else trials
+        return judge(trials, self.settings, self.spec.session_start, self.spec.deadline)
 
 
 class Progress:
@@ -362,6 +317,10 @@ class Progress:
 
 def finish(study: optuna.Study, settings: DictConfig, parent: RunTracker, study_dir: Path) -> dict:
     """Leaderboard, plots, HParams table and the winner's test-set evaluation."""
+    # Here, not at the top: the driver starts the backend only to evaluate the winner.
+    from study.results import evaluate_winner, leaderboard, log_plots
+    from study.tensorboard import write_hparams_config
+
     table = leaderboard(study)
     table_file = study_dir / "leaderboard.csv"
     table.to_csv(table_file, index=False)
@@ -389,6 +348,25 @@ def finish(study: optuna.Study, settings: DictConfig, parent: RunTracker, study_
         )
     print(f"TensorBoard: tensorboard --logdir {study_dir / 'tensorboard'}")
     return summary
+
+
+def end_orphaned_runs(study: optuna.Study, parent: RunTracker) -> int:
+    """End every child run still RUNNING whose trial is not: a worker died between starting
+    the run and recording it on the trial, or could not end it (store unreachable)."""
+    client = parent.client
+    states = {str(trial.number): trial.state for trial in study.get_trials(deepcopy=False)}
+    experiment_id = client.get_run(parent.run_id).info.experiment_id
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.run_id}' and attributes.status = 'RUNNING'",
+    )
+    ended = 0
+    for run in runs:
+        state = states.get(run.data.tags.get(TRIAL_NUMBER_TAG, ""), TrialState.FAIL)
+        if state != TrialState.RUNNING:
+            final = state if state.is_finished() else TrialState.FAIL
+            ended += end_abandoned_run(client, run.info.run_id, final, "its worker is gone")
+    return ended
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="sweep")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+import traceback
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -30,6 +31,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 from mlflow.utils.time import get_current_time_millis
 from omegaconf import DictConfig
 
+from study.names import ERROR_TAG
+
 log = logging.getLogger(__name__)
 
 # MLflow's limits for one log_batch call and for one value.
@@ -38,6 +41,7 @@ MAX_TAGS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAM_LENGTH = 6000
 MAX_TAG_LENGTH = 5000
+MAX_ERROR_LENGTH = 300  # the `error` tag: one line a person reads in the runs list
 LOCAL_STORE_SCHEMES = ("sqlite:", "file:")
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The MLflow UI opens an experiment of this kind on its model-training view (runs, metrics).
@@ -182,7 +186,9 @@ class RunTracker:
             if writer is not None:
                 writer.shutdown(wait=True)
 
-    def end(self, status: str, error: BaseException | None = None) -> None:
+    def end(self, status: str, error: BaseException | str | None = None) -> None:
+        """Flush the metrics, record `error` (a short `error` tag; the traceback as error.txt),
+        and give the run its terminal status."""
         try:
             self.flush()
         except Exception as flush_error:  # metrics were lost: the run must not say FINISHED
@@ -190,9 +196,17 @@ class RunTracker:
                 status, error = "FAILED", flush_error
             raise
         finally:
-            if error is not None:
-                self.set_tags({"error": f"{type(error).__name__}: {error}"})  # masked there
-            self.client.set_terminated(self.run_id, status=status)
+            try:
+                if error is not None:
+                    self.record_error(error)
+            finally:
+                self.client.set_terminated(self.run_id, status=status)
+
+    def record_error(self, error: BaseException | str) -> None:
+        self.set_tags({ERROR_TAG: short_error(error)})  # masked there
+        if isinstance(error, Exception) and error.__traceback__ is not None:
+            details = "".join(traceback.format_exception(error))
+            self.client.log_text(self.run_id, mask_secrets(details), "error.txt")
 
     def __enter__(self) -> RunTracker:
         return self
@@ -202,22 +216,29 @@ class RunTracker:
 
 
 def terminal_status(error: BaseException | None) -> str:
-    """FINISHED; KILLED when stopped on purpose (Ctrl-C, SIGTERM, a pruner); else FAILED."""
-    if error is None:
+    """FINISHED; KILLED when stopped on purpose (Ctrl-C, SIGTERM); else FAILED.
+
+    A pruned trial's run ends FINISHED: pruning is the study's decision, not a failure.
+    """
+    if error is None or isinstance(error, optuna.TrialPruned):
         return "FINISHED"
-    if isinstance(error, KeyboardInterrupt | SystemExit | optuna.TrialPruned):
+    if isinstance(error, KeyboardInterrupt | SystemExit):
         return "KILLED"
     return "FAILED"
 
 
-def end_run_if_running(client: MlflowClient, run_id: str, error: BaseException | str) -> None:
-    """Give a run its terminal status unless it has one (cleanup after a crash or early error)."""
-    if client.get_run(run_id).info.status not in ("RUNNING", "SCHEDULED"):
-        return
-    status = terminal_status(error) if isinstance(error, BaseException) else "KILLED"
-    message = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error
-    client.set_tag(run_id, "error", mask_secrets(message)[:MAX_TAG_LENGTH])
-    client.set_terminated(run_id, status=status)
+def short_error(error: BaseException | str, limit: int = MAX_ERROR_LENGTH) -> str:
+    """One readable line: the type and the first line of the message, masked and cut short.
+
+    Some messages carry whole arrays; the full text goes to the run's error.txt instead.
+    """
+    if isinstance(error, str):
+        text = error
+    else:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        text = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    text = mask_secrets(" ".join(text.split()))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:

@@ -74,7 +74,7 @@ def train(
     cfg: DictConfig,
     on_epoch_end: EpochCallback | None = None,
     *,
-    run_id: str | None = None,
+    tracker: RunTracker | None = None,
     output_dir: Path | str | None = None,
     tensorboard_dir: Path | str | None = None,
     evaluate_test: bool = True,
@@ -83,8 +83,9 @@ def train(
     """Train the configured model, track it in MLflow and return its final metrics.
 
     on_epoch_end(epoch, metrics) is called after each epoch's metrics are logged; it may raise
-    to stop training (a pruned trial does). `run_id` logs into an existing MLflow run instead
-    of creating one; `output_dir` keeps the local copies of the artifacts (a temporary folder
+    to stop training (a pruned trial does). `tracker` logs into a run its caller owns (and
+    ends: a trial of a study) instead of creating and ending one; `output_dir` keeps the
+    local copies of the artifacts (a temporary folder
     when None), `tensorboard_dir` the event files (default: `output_dir/tensorboard`).
     `evaluate_test=False` leaves the test set alone (trials of a study). `segment` trains one
     stretch of a run that trains in several (see `Segment`); the run's best validation accuracy
@@ -95,12 +96,10 @@ def train(
     with tempfile.TemporaryDirectory(prefix="study-") as scratch:
         folder = Path(output_dir) if output_dir is not None else Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
-        tracker = (
-            RunTracker.resume(cfg.mlflow, run_id)
-            if run_id
-            else RunTracker.start(cfg.mlflow, run_name=cfg.mlflow.run_name, tags=cfg.mlflow.tags)
-        )
-        with tracker:
+        owned = tracker is None
+        if owned:
+            tracker = RunTracker.start(cfg.mlflow, run_name=cfg.mlflow.run_name, tags=cfg.mlflow.tags)
+        with tracker if owned else contextlib.nullcontext(tracker):
             resuming = segment is not None and segment.start > 0
             if not resuming:  # the first segment logged the params; MLflow refuses to change them
                 log_run_description(tracker, cfg, dataset)

@@ -14,7 +14,6 @@ import gc
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,14 +26,18 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from optuna.trial import TrialState
 
+from study.budget import TOO_MANY_FAILURES, judge
 from study.config import checked_config, checked_sweep_config
 from study.data import load_dataset
-from study.objective import TrialObjective
+from study.names import FAIL_REASON_ATTR
+from study.objective import Interrupted, TrialObjective
 from study.pruners import build_pruner
 from study.samplers import build_sampler
 from study.search_space import Composer, SearchSpace
-from study.storage import count_trials, failed_since, has_heartbeat, make_storage, max_failed_trials
+from study.signals import EXIT_CODE, WorkerSignals
+from study.storage import RetryWithSameParams, fail_ownerless_trials, fail_trial, make_storage
 
 log = logging.getLogger("study.worker")
 
@@ -105,7 +108,7 @@ def merge_overrides(base: list[str], extra: list[str]) -> list[str]:
     return [o for o in base if o.split("=", 1)[0].lstrip("+~") not in extra_keys] + extra
 
 
-def run_worker(spec: WorkerSpec) -> int:
+def run_worker(spec: WorkerSpec, signals: WorkerSignals) -> int:
     if spec.cores and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, spec.cores)
     compose_with = sweep_composer(spec.config_dir, spec.config_name, spec.overrides)
@@ -121,48 +124,74 @@ def run_worker(spec: WorkerSpec) -> int:
     seed_offset = spec.worker_index + 1000 * len(study.get_trials(deepcopy=False))
     study.sampler = build_sampler(settings.sampler, space, seed_offset)
     objective = TrialObjective(
-        base, settings, compose_with, space, spec.parent_run_id, Path(settings.study.output_dir)
+        base, settings, compose_with, space, spec.parent_run_id, Path(settings.study.output_dir), signals
     )
     load_dataset(base.data, base.trainer.seed)  # into the per-process cache, before the freeze
     # What exists now (interpreter, backend, data, study) lives as long as the worker: the
     # collection after each trial (keras.backend.clear_session) then skips its million objects.
     gc.freeze()
-    while True:
-        counts = count_trials(study)
-        if counts.done >= settings.study.n_trials:
-            return 0
-        failed = failed_since(study, spec.session_start)
-        if failed >= max_failed_trials(settings):
-            log.error("stopping: %d trials failed in this session (study.max_failed_trials)", failed)
-            return 0
-        if spec.deadline is not None and time.time() >= spec.deadline:
-            return 0
-        if counts.done + counts.running >= settings.study.n_trials:
-            if not has_heartbeat(storage):
-                return 0  # no heartbeat: a dead worker's trial would be waited for forever
-            # The remaining trials run elsewhere; wait in case one fails or its worker dies.
-            optuna.storages.fail_stale_trials(study)
-            time.sleep(POLL_SECONDS)
-            continue
-        study.optimize(objective, n_trials=1, catch=(Exception,))
+    parent_pid = os.getppid()
+    try:
+        while not signals.stopping and os.getppid() == parent_pid:
+            trials = study.get_trials(deepcopy=False)
+            verdict = judge(trials, settings, spec.session_start, spec.deadline)
+            if verdict.stop is not None:
+                log.info(
+                    "stopping: %s", verdict.stop if verdict.stop != TOO_MANY_FAILURES else verdict.reason()
+                )
+                return 0
+            if fail_ownerless_trials(study, settings.study, base.mlflow.tracking_uri, trials):
+                continue  # their retries are waiting: count again
+            if not verdict.may_start_trial:
+                # The remaining trials run elsewhere; wait in case one fails or its worker dies.
+                time.sleep(POLL_SECONDS)
+                continue
+            signals.hold()  # released by the objective once the new trial records its owner
+            try:
+                study.optimize(objective, n_trials=1, catch=(Exception,))
+            finally:
+                signals.release()
+            objective.current = None  # told: nothing of this worker's is left to clean up
+    except (Interrupted, KeyboardInterrupt):
+        fail_interrupted_trial(study, objective, settings, base)
+        raise KeyboardInterrupt from None
+    return 0
 
 
-def interrupt_once(signum, frame) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
+def fail_interrupted_trial(study: optuna.Study, objective: TrialObjective, settings, base) -> None:
+    """The trial this worker was running when told to stop: failed and retried at once (its
+    run already ended KILLED), so the next session runs it again."""
+    trial = objective.current
+    if trial is None:
+        return
+    frozen = study._storage.get_trial(trial._trial_id)
+    if frozen.state == TrialState.RUNNING:
+        ours = fail_trial(study, frozen, "interrupted (Ctrl-C or SIGTERM)")
+    else:  # Optuna failed it when the interrupt came between its own lines
+        ours = frozen.state == TrialState.FAIL and FAIL_REASON_ATTR not in frozen.user_attrs
+    if ours:
+        RetryWithSameParams(base.mlflow.tracking_uri, settings.study.max_retry)(
+            study, study._storage.get_trial(trial._trial_id)
+        )
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    # Ctrl-C (SIGINT from the terminal) or SIGTERM from the driver: stop once, like Ctrl-C, so
-    # the trial is failed and its run ended KILLED; a second signal must not cut that short.
-    signal.signal(signal.SIGINT, interrupt_once)
-    signal.signal(signal.SIGTERM, interrupt_once)
+    # Optuna would log every failed trial with a traceback, expected ones ("not needed",
+    # interrupted) too; the objective logs one line per outcome itself.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    signals = WorkerSignals()
+    signals.install()
+    spec_file = Path(sys.argv[1])
+    spec = WorkerSpec.read(spec_file)
+    spec_file.unlink(missing_ok=True)  # it may hold credentials: read once, then gone
     try:
-        sys.exit(run_worker(WorkerSpec.read(Path(sys.argv[1]))))
+        sys.exit(run_worker(spec, signals))
     except KeyboardInterrupt:
-        sys.exit(130)
+        # Interrupts reach SQLAlchemy's pool while connections are returned; not errors.
+        logging.getLogger("sqlalchemy").setLevel(logging.CRITICAL)
+        log.info("interrupted: exiting")
+        sys.exit(EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ import keras
 import numpy as np
 import pytest
 
+from study.config import checked_config
+from study.tracking import RunTracker
 from study.train import Segment, train
 from tests.test_train import client_for, history
 
@@ -46,9 +48,10 @@ def test_resumed_segments_equal_training_straight_through(make_config, tmp_path,
     steps_seen: list[int] = []
     train(parts, lambda step, metrics: steps_seen.append(step), segment=pieces[0])
     run_id = run_id_of(cfg, "parts")
-    resumed_metrics = train(
-        parts, lambda step, metrics: steps_seen.append(step), run_id=run_id, segment=pieces[1]
-    )
+    with RunTracker.resume(checked_config(cfg).mlflow, run_id) as tracker:
+        resumed_metrics = train(
+            parts, lambda step, metrics: steps_seen.append(step), tracker=tracker, segment=pieces[1]
+        )
 
     client = client_for(cfg)
     whole_id = run_id_of(cfg, "whole")
@@ -89,7 +92,8 @@ def test_a_segment_already_trained_by_a_dead_attempt_is_not_trained_again(make_c
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment_name)
     (run,) = client.search_runs([experiment.experiment_id])
     seen: list[int] = []
-    again = train(cfg, lambda step, metrics: seen.append(step), run_id=run.info.run_id, segment=Segment(1, 2))
+    with RunTracker.resume(checked_config(cfg).mlflow, run.info.run_id) as tracker:
+        again = train(cfg, lambda step, metrics: seen.append(step), tracker=tracker, segment=Segment(1, 2))
     assert seen == []
     assert again["best_val_accuracy"] == first["best_val_accuracy"]
     assert [step for step, _ in history(client, run.info.run_id, "val_accuracy")] == [1, 2]

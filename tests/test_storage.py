@@ -1,34 +1,96 @@
-"""Study storages: a trial whose worker died, on a storage without heartbeat."""
+"""Study storages: trials with no live owner, damaged study files."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 import subprocess
 import sys
 
 import optuna
+import pytest
+from omegaconf import OmegaConf
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from study.storage import RETRY_OF_ATTR, WORKER_ATTR, fail_orphaned_trials
+from study.config import ConfigError
+from study.names import BASELINE_ATTR, MLFLOW_RUN_ATTR, WORKER_ATTR
+from study.storage import fail_ownerless_trials, has_no_live_owner, make_storage
+
+STUDY_CFG = OmegaConf.create({"heartbeat_interval": 5, "max_retry": 1, "storage": ""})
+X = {"x": optuna.distributions.FloatDistribution(0, 1)}
 
 
-def test_orphaned_trial_of_a_dead_local_worker_is_failed_and_retried(tmp_path):
-    journal = optuna.storages.journal.JournalFileBackend(str(tmp_path / "journal.log"))
-    study = optuna.create_study(study_name="s", storage=optuna.storages.JournalStorage(journal))
-    dead = subprocess.run(
+def dead_pid() -> str:
+    done = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
-    orphan = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
-    orphan.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{dead.stdout.strip()}")
-    alive = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
-    alive.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
+    return done.stdout.strip()
 
-    assert fail_orphaned_trials(study, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db") == 1
+
+def test_trials_without_a_live_owner_are_failed_and_retried_with_their_params(tmp_path):
+    journal = optuna.storages.journal.JournalFileBackend(str(tmp_path / "journal.log"))
+    study = optuna.create_study(study_name="s", storage=optuna.storages.JournalStorage(journal))
+    study.enqueue_trial({"x": 0.5}, user_attrs={BASELINE_ATTR: True})
+    dead = study.ask(X)  # the enqueued baseline, taken by a worker that died
+    dead.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{dead_pid()}")
+    dead.set_user_attr(MLFLOW_RUN_ATTR, "run-of-the-dead-attempt")
+    alive = study.ask(X)
+    alive.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
+    unowned = study.ask(X)  # a worker killed between study.ask() and recording itself
+    just_asked = study.ask(X)  # ... or a live one that is about to record itself
 
     trials = study.get_trials()
-    assert trials[orphan.number].state == TrialState.FAIL
+    later = datetime.datetime.now().timestamp() + 11  # past the 10 s grace period (2 heartbeats)
+    assert [has_no_live_owner(t, 10, now=later) for t in trials] == [True, False, True, True]
+    assert not has_no_live_owner(trials[just_asked.number], 10)
+
+    trials[unowned.number].datetime_start -= datetime.timedelta(seconds=30)
+    assert fail_ownerless_trials(study, STUDY_CFG, f"sqlite:///{tmp_path}/mlflow.db", trials) == 2
+
+    trials = study.get_trials()
+    assert trials[dead.number].state == TrialState.FAIL
+    assert trials[unowned.number].state == TrialState.FAIL
     assert trials[alive.number].state == TrialState.RUNNING
-    (retry,) = [t for t in trials if t.state == TrialState.WAITING]
-    assert retry.user_attrs[RETRY_OF_ATTR] == orphan.number
-    assert retry.system_attrs["fixed_params"] == trials[orphan.number].params  # same point again
+    assert trials[just_asked.number].state == TrialState.RUNNING
+    retries = {
+        RetryHeartbeatStaleTrialCallback.retried_trial_number(t): t
+        for t in trials
+        if t.state == TrialState.WAITING
+    }
+    assert set(retries) == {dead.number, unowned.number}
+    baseline = retries[dead.number]
+    assert baseline.system_attrs["fixed_params"] == trials[dead.number].params  # the same point again
+    assert baseline.user_attrs == {BASELINE_ATTR: True}  # still the baseline, without the dead attempt's run
+    # A second look finds nothing more to do: a trial is failed and retried once.
+    assert fail_ownerless_trials(study, STUDY_CFG, f"sqlite:///{tmp_path}/mlflow.db") == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [(b"", r"is empty \(0 bytes\)"), (b"garbage" * 100, "is not an Optuna SQLite database")],
+)
+def test_a_damaged_sqlite_study_file_is_refused_with_one_line(tmp_path, content, expected):
+    database = tmp_path / "optuna.db"
+    database.write_bytes(content)
+    cfg = OmegaConf.create({**STUDY_CFG, "storage": f"sqlite:///{database}"})
+    with pytest.raises(ConfigError, match=expected) as caught:
+        make_storage(cfg, f"sqlite:///{tmp_path}/mlflow.db")
+    assert str(database) in str(caught.value) and "\n" not in str(caught.value)
+    assert database.read_bytes() == content  # never replaced
+
+
+def test_a_truncated_sqlite_study_file_is_refused_with_one_line(tmp_path):
+    database = tmp_path / "optuna.db"
+    url = f"sqlite:///{database}"
+    study = optuna.create_study(study_name="s", storage=url)
+    for _ in range(20):
+        study.enqueue_trial({"x": 0.1})
+    content = database.read_bytes()
+    database.write_bytes(content[: len(content) // 3])
+    cfg = OmegaConf.create({**STUDY_CFG, "storage": url})
+    with pytest.raises(ConfigError, match="cannot be read as an Optuna study store") as caught:
+        storage = make_storage(cfg, f"sqlite:///{tmp_path}/mlflow.db")
+        optuna.load_study(study_name="s", storage=storage).get_trials()
+    assert str(database) in str(caught.value) and "\n" not in str(caught.value)

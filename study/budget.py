@@ -1,0 +1,107 @@
+"""The one rule that says whether a study is done and whether this session should stop.
+
+The driver's progress loop, every worker before each trial and the driver's final check all
+ask `judge`, so they never disagree. Every failed trial of this session counts against
+`study.max_failed_trials`, whatever raised and where (a config error, an MLflow store that
+cannot be written, a dead worker), except a trial that ended at once because the study no
+longer needed it.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass
+
+from omegaconf import DictConfig
+from optuna.trial import FrozenTrial, TrialState
+
+from study.names import NOT_NEEDED_ATTR
+
+
+@dataclass(frozen=True)
+class TrialCounts:
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    running: int = 0
+    waiting: int = 0
+
+    @property
+    def done(self) -> int:
+        """Trials that count towards study.n_trials."""
+        return self.complete + self.pruned
+
+
+def count_trials(trials: list[FrozenTrial]) -> TrialCounts:
+    states = collections.Counter(trial.state for trial in trials)
+    return TrialCounts(
+        complete=states[TrialState.COMPLETE],
+        pruned=states[TrialState.PRUNED],
+        failed=states[TrialState.FAIL],
+        running=states[TrialState.RUNNING],
+        waiting=states[TrialState.WAITING],
+    )
+
+
+# Why a session stops; None while it goes on.
+DONE = "done"
+TOO_MANY_FAILURES = "too many failures"
+TIMEOUT = "timeout"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    counts: TrialCounts
+    n_trials: int
+    failed_this_session: int
+    max_failed: int
+    stop: str | None  # DONE, TOO_MANY_FAILURES, TIMEOUT or None
+
+    @property
+    def may_start_trial(self) -> bool:
+        """A new trial is wanted: the running ones alone cannot reach n_trials."""
+        return self.stop is None and self.counts.done + self.counts.running < self.n_trials
+
+    def reason(self) -> str:
+        if self.stop == TOO_MANY_FAILURES:
+            return f"{self.failed_this_session} trials failed in this session (study.max_failed_trials)"
+        if self.stop == TIMEOUT:
+            return "study.timeout passed"
+        return "the workers stopped (see logs/worker_N.log)"
+
+
+def failed_in_session(trials: list[FrozenTrial], session_start: float) -> int:
+    """Failed trials that started in this session; "not needed" trials are no failures."""
+    return sum(
+        1
+        for trial in trials
+        if trial.state == TrialState.FAIL
+        and not trial.user_attrs.get(NOT_NEEDED_ATTR)
+        and trial.datetime_start is not None
+        and trial.datetime_start.timestamp() >= session_start
+    )
+
+
+def judge(
+    trials: list[FrozenTrial],
+    settings: DictConfig,
+    session_start: float,
+    deadline: float | None,
+    now: float | None = None,
+) -> Verdict:
+    """Where the study and this session stand, from one fetch of the trials."""
+    now = time.time() if now is None else now
+    counts = count_trials(trials)
+    n_trials = settings.study.n_trials
+    limit = settings.study.max_failed_trials
+    max_failed = n_trials if limit is None else limit
+    failed = failed_in_session(trials, session_start)
+    stop = None
+    if counts.done >= n_trials:
+        stop = DONE
+    elif failed >= max_failed:
+        stop = TOO_MANY_FAILURES
+    elif deadline is not None and now >= deadline:
+        stop = TIMEOUT
+    return Verdict(counts, n_trials, failed, max_failed, stop)

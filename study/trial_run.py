@@ -1,0 +1,83 @@
+"""A trial's MLflow run from start to end, owned by one context manager.
+
+The objective opens the run with `TrialRun.start(...)` and trains inside the block; how the
+block ends decides the run's status and its `optuna.trial.state` tag, both written before
+the run ends:
+
+| the block ends with        | trial state | run status | shown                                  |
+| -------------------------- | ----------- | ---------- | -------------------------------------- |
+| a value                    | COMPLETE    | FINISHED   |                                        |
+| optuna.TrialPruned         | PRUNED      | FINISHED   | description "pruned after epoch k ..." |
+| an interrupt (Ctrl-C, ...) | FAIL        | KILLED     | `error`: interrupted, retried          |
+| any other exception        | FAIL        | FAILED     | `error` (one line), error.txt          |
+
+A pruned trial is a decision, not a failure: its run finishes, keeps its curves and says why
+it stopped. Runs whose worker died get the same treatment from `end_abandoned_run`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import optuna
+from mlflow import MlflowClient
+from omegaconf import DictConfig
+from optuna.trial import TrialState
+
+from study.names import NOTE_TAG, STATE_TAG
+from study.tracking import RunTracker, short_error
+
+INTERRUPTS = (KeyboardInterrupt, SystemExit)
+
+
+class TrialRun:
+    def __init__(self, tracker: RunTracker):
+        self.tracker = tracker
+
+    @classmethod
+    def start(
+        cls,
+        mlflow_cfg: DictConfig,
+        run_name: str,
+        tags: Mapping[str, str],
+        parent_run_id: str,
+    ) -> TrialRun:
+        tags = {**tags, STATE_TAG: TrialState.RUNNING.name}
+        return cls(RunTracker.start(mlflow_cfg, run_name=run_name, tags=tags, parent_run_id=parent_run_id))
+
+    @property
+    def run_id(self) -> str:
+        return self.tracker.run_id
+
+    def __enter__(self) -> RunTracker:
+        return self.tracker
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        if error is None:
+            self._end(TrialState.COMPLETE, "FINISHED")
+        elif isinstance(error, optuna.TrialPruned):
+            self.tracker.set_tags({NOTE_TAG: str(error)})
+            self._end(TrialState.PRUNED, "FINISHED")
+        elif isinstance(error, INTERRUPTS):
+            self._end(TrialState.FAIL, "KILLED", "interrupted (Ctrl-C or SIGTERM); the trial is retried")
+        else:
+            self._end(TrialState.FAIL, "FAILED", error)
+
+    def _end(self, state: TrialState, status: str, error: BaseException | str | None = None) -> None:
+        try:
+            self.tracker.set_tags({STATE_TAG: state.name})
+        finally:
+            self.tracker.end(status, error)
+
+
+def end_abandoned_run(client: MlflowClient, run_id: str, state: TrialState, reason: str) -> bool:
+    """End the run of a trial whose worker is gone, unless it already ended; True if it did."""
+    if client.get_run(run_id).info.status not in ("RUNNING", "SCHEDULED"):
+        return False
+    tracker = RunTracker(client, run_id)
+    tracker.set_tags({STATE_TAG: state.name})
+    tracker.end("KILLED", reason)
+    return True
+
+
+__all__ = ["TrialRun", "end_abandoned_run", "short_error"]
