@@ -19,6 +19,7 @@ from sklearn.metrics import ConfusionMatrixDisplay
 
 from study.config import checked_config
 from study.data import load_dataset
+from study.scheduler import RUNG_ATTR, best_trial, rung_of
 from study.storage import FAIL_REASON_ATTR, MLFLOW_RUN_ATTR, trial_score
 from study.tracking import RunTracker
 
@@ -41,9 +42,12 @@ def leaderboard(study: optuna.Study) -> pd.DataFrame:
     if table.empty:
         return pd.DataFrame(columns=columns)
     params = sorted(c for c in table.columns if c.startswith("params."))
-    table = table[columns + params]
+    # scheduler=asha: a trial per rung; the highest rung reached ranks first, then val_accuracy.
+    rungs = ["rung"] if "rung" in table.columns and table["rung"].notna().any() else []
+    table = table[columns + rungs + params]
     table["_order"] = table["state"].map(lambda s: STATE_ORDER.get(TrialState[s], 9))
-    table = table.sort_values(["_order", "val_accuracy", "trial"], ascending=[True, False, True])
+    order = ["_order", *rungs, "val_accuracy", "trial"]
+    table = table.sort_values(order, ascending=[True, *[False] * len(rungs), False, True])
     return table.drop(columns="_order").reset_index(drop=True)
 
 
@@ -58,6 +62,7 @@ def _row(trial: FrozenTrial) -> dict:
         "duration_s": round(duration, 1) if duration is not None else None,
         "mlflow_run_id": trial.user_attrs.get(MLFLOW_RUN_ATTR, ""),
         "note": trial.user_attrs.get(FAIL_REASON_ATTR, ""),
+        "rung": rung_of(trial) if RUNG_ATTR in trial.user_attrs else None,
         **{f"params.{name}": value for name, value in trial.params.items()},
     }
 
@@ -85,7 +90,7 @@ def log_plots(study: optuna.Study, client: MlflowClient, run_id: str, folder: Pa
 
 def evaluate_winner(study: optuna.Study, client: MlflowClient, parent_run_id: str, folder: Path) -> dict:
     """The best trial's best checkpoint, evaluated once on the test set; logged on the parent."""
-    best = study.best_trial
+    best = best_trial(study.get_trials(deepcopy=False))  # with asha: the best of the highest rung
     run_id = best.user_attrs[MLFLOW_RUN_ATTR]
     with tempfile.TemporaryDirectory(prefix="study-winner-") as scratch:
         config_file = client.download_artifacts(run_id, "config.yaml", scratch)

@@ -31,7 +31,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from study.config import ConfigError
-from study.storage import NOT_NEEDED_ATTR
+from study.names import NOT_NEEDED_ATTR
 
 CONFIG_ATTR = "config"  # a promotion's configuration: the number of its first trial
 RUNG_ATTR = "rung"  # the rung a trial trains up to
@@ -104,6 +104,33 @@ def build_ladder(scheduler_cfg: Any, trainer_cfg: Any, train_examples: int) -> L
             f"got {cfg.brackets}"
         )
     return Ladder(budgets, cfg.reduction_factor, cfg.resource_unit, cfg.brackets)
+
+
+def ladder_for(settings: Any, base: Any) -> Ladder | None:
+    """The ladder of a sweep config's scheduler; None for scheduler=none."""
+    if settings.scheduler.name != "asha":
+        return None
+    examples = 0
+    if settings.scheduler.max_resource is None and base.trainer.max_steps is None:
+        from study.data import load_dataset  # cached per process; the driver and workers load it anyway
+
+        examples = len(load_dataset(base.data, base.trainer.seed).x_train)
+    return build_ladder(settings.scheduler, base.trainer, examples)
+
+
+def surplus_configuration(trial: FrozenTrial, trials: Iterable[FrozenTrial], n_trials: int) -> str | None:
+    """Why a new configuration is not needed (n_trials done or started before it), or None."""
+    if is_promotion(trial):
+        return None
+    done, earlier = 0, 0
+    for other in first_segments(trials):
+        if other.state in DONE_STATES:
+            done += 1
+        elif other.state == TrialState.RUNNING and other.number < trial.number:
+            earlier += 1
+    if done + earlier >= n_trials:
+        return f"{done} configurations done and {earlier} running reach study.n_trials"
+    return None
 
 
 # --- what a trial is ----------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from study.names import (
 from study.pool import WorkerPool
 from study.pruners import build_pruner
 from study.samplers import build_sampler
+from study.scheduler import best_trial, ladder_for
 from study.search_space import SearchSpace
 from study.storage import count_trials, describe_storage_error, fail_ownerless_trials, make_storage
 from study.tracking import RunTracker, flatten, short_error, terminal_status, write_masked
@@ -70,6 +71,7 @@ def run_sweep(
     space.check_against(compose_with)
     build_sampler(settings.sampler, space)
     build_pruner(settings.pruner)
+    ladder = ladder_for(settings, base)  # scheduler=asha: its rungs, checked here
     storage = make_storage(settings.study, base.mlflow.tracking_uri)
     study, created = create_or_load_study(settings, storage)
     check_space_unchanged(study, space, base)
@@ -95,13 +97,14 @@ def run_sweep(
             session_start=session_start,
             deadline=deadline,
         )
-        if judge(study.get_trials(deepcopy=False), settings, session_start, deadline).stop is None:
+        trials = study.get_trials(deepcopy=False)
+        if judge(trials, settings, session_start, deadline, ladder=ladder).stop is None:
             Driver(study, settings, base, spec, study_dir).run()
         try:
             summary = finish(study, settings, parent, study_dir)
         finally:
             end_orphaned_runs(study, parent)
-        verdict = judge(study.get_trials(deepcopy=False), settings, session_start, deadline)
+        verdict = judge(study.get_trials(deepcopy=False), settings, session_start, deadline, ladder=ladder)
         if verdict.stop not in (DONE, TIMEOUT):
             raise StudyIncompleteError(incomplete_message(settings, verdict))
     except (StudyIncompleteError, KeyboardInterrupt, SystemExit) as error:
@@ -120,8 +123,9 @@ class StudyIncompleteError(RuntimeError):
 
 def incomplete_message(settings: DictConfig, verdict: Verdict, reason: str | None = None) -> str:
     counts = verdict.counts
+    what = "configurations" if verdict.configurations_done is not None else "trials"
     return (
-        f"study {settings.study.name}: {counts.done} of {settings.study.n_trials} trials done: "
+        f"study {settings.study.name}: {verdict.done} of {settings.study.n_trials} {what} done: "
         f"{reason or verdict.reason()}; {counts.running} still RUNNING. Run the command again to resume."
     )
 
@@ -259,6 +263,7 @@ class Driver:
         self.spec = spec
         self.pool = WorkerPool(settings.study, spec, study_dir / "logs")
         self.progress = Progress(settings)
+        self.ladder = ladder_for(settings, base)
 
     def run(self) -> None:
         print(f"[{self.settings.study.name}] worker logs: {self.pool.logs}", flush=True)
@@ -269,7 +274,7 @@ class Driver:
                 time.sleep(POLL_SECONDS)
                 trials = self.study.get_trials(deepcopy=False)  # one query a poll, for all below
                 verdict = self._judge(trials)
-                self.progress.update(verdict.counts, trials)
+                self.progress.update(verdict.counts, trials, done=verdict.done)
                 fail_ownerless_trials(self.study, self.settings.study, self.tracking_uri, trials)
                 self.pool.reap(may_restart=lambda: self._judge().stop is None)
         except KeyboardInterrupt:
@@ -281,11 +286,12 @@ class Driver:
             # The trials of workers that died (or were killed just now) are failed and retried.
             fail_ownerless_trials(self.study, self.settings.study, self.tracking_uri)
             trials = self.study.get_trials(deepcopy=False)
-            self.progress.update(self._judge(trials).counts, trials, force=True)
+            verdict = self._judge(trials)
+            self.progress.update(verdict.counts, trials, force=True, done=verdict.done)
 
     def _judge(self, trials: list[FrozenTrial] | None = None) -> Verdict:
         trials = self.study.get_trials(deepcopy=False) if trials is None else trials
-        return judge(trials, self.settings, self.spec.session_start, self.spec.deadline)
+        return judge(trials, self.settings, self.spec.session_start, self.spec.deadline, ladder=self.ladder)
 
 
 class Progress:
@@ -296,20 +302,22 @@ class Progress:
         self.last_line = ""
         self.last_time = 0.0
 
-    def update(self, counts: TrialCounts, trials: list[FrozenTrial], force: bool = False) -> None:
-        line = self.line(counts, trials)
+    def update(
+        self, counts: TrialCounts, trials: list[FrozenTrial], force: bool = False, done: int | None = None
+    ) -> None:
+        line = self.line(counts, trials, done)
         if line != self.last_line and (force or time.time() - self.last_time >= PROGRESS_SECONDS):
             print(line, flush=True)
             self.last_line, self.last_time = line, time.time()
 
-    def line(self, counts: TrialCounts, trials: list[FrozenTrial]) -> str:
+    def line(self, counts: TrialCounts, trials: list[FrozenTrial], done: int | None = None) -> str:
         best = ""
-        complete = [trial for trial in trials if trial.state == TrialState.COMPLETE]
-        if complete:
-            trial = max(complete, key=lambda t: t.value)
+        trial = best_trial(trials)  # with asha: the best of the highest rung
+        if trial is not None:
             best = f" | best val_accuracy {trial.value:.4f} (trial {trial.number})"
+        done = counts.done if done is None else done
         return (
-            f"[{self.settings.study.name}] {counts.done}/{self.settings.study.n_trials} done "
+            f"[{self.settings.study.name}] {done}/{self.settings.study.n_trials} done "
             f"({counts.complete} complete, {counts.pruned} pruned), {counts.failed} failed, "
             f"{counts.running} running{best}"
         )

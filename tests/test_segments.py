@@ -32,7 +32,7 @@ def run_id_of(cfg, tag: str) -> str:
     ("unit", "straight", "pieces"),
     [
         # 300 training examples in batches of 32: 10 steps an epoch.
-        ("epochs", Segment(0, 3), [Segment(0, 1), Segment(1, 3)]),
+        pytest.param("epochs", Segment(0, 3), [Segment(0, 1), Segment(1, 3)], marks=pytest.mark.slow),
         ("steps", Segment(0, 23, "steps"), [Segment(0, 4, "steps"), Segment(4, 23, "steps")]),
     ],
 )
