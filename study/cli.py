@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import signal
 import sys
@@ -26,6 +27,7 @@ def run_cli(hydra_main: Callable[[], object]) -> None:
     runs in flight end KILLED instead of staying RUNNING.
     """
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    quiet_library_loggers()
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         hydra_main()
@@ -34,6 +36,13 @@ def run_cli(hydra_main: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def quiet_library_loggers() -> None:
+    """MLflow's SQL store logs each database error with its traceback and then raises it
+    again; the command reports the raised error once, in one line (a full disk, a locked
+    file), so the logged copy is noise."""
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def report_input_errors(task_function: Callable[[Any], Any]) -> Callable[[Any], Any]:

@@ -28,7 +28,7 @@ from study.worker import WorkerSpec
 log = logging.getLogger("study.sweep")
 
 MAX_RESTARTS_PER_WORKER = 3
-SHUTDOWN_SECONDS = 45  # longer than a worker's own exit grace (study.signals)
+SHUTDOWN_SECONDS = 25  # longer than a worker's own exit grace (study.signals)
 GPU_MEMORY_SHARE = 0.9  # of one GPU, split between the trials that share it
 
 

@@ -16,7 +16,7 @@ import os
 import signal
 import threading
 
-EXIT_GRACE_SECONDS = 30.0
+EXIT_GRACE_SECONDS = 15.0
 EXIT_CODE = 130
 
 

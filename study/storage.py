@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 SQLITE_LOCK_TIMEOUT_SECONDS = 60  # several workers write to one SQLite file
 SQLITE_HEADER = b"SQLite format 3\x00"
+# An empty file this young is being made by another driver that starts the same study.
+FRESH_FILE_SECONDS = 10
 __all__ = [
     "FAIL_REASON_ATTR",
     "MLFLOW_RUN_ATTR",
@@ -106,14 +108,14 @@ def check_existing_file(path: Path, kind: str, header_ok) -> None:
     if path.is_dir():
         raise ConfigError(f"study.storage: {path} is a folder; expected {kind}")
     size = path.stat().st_size
-    if size == 0:
+    if size == 0 and time.time() - path.stat().st_mtime > FRESH_FILE_SECONDS:
         raise ConfigError(
             f"study.storage: {path} is empty (0 bytes), not {kind}; it may be damaged: "
             "restore it, or move it away to start a new study"
         )
     with path.open("rb") as file:
         head = file.read(len(SQLITE_HEADER))
-    if not header_ok(head):
+    if size and not header_ok(head):
         raise ConfigError(f"study.storage: {path} is not {kind} (damaged or another kind of file)")
 
 

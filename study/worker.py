@@ -29,6 +29,7 @@ from omegaconf.errors import OmegaConfBaseException
 from optuna.trial import TrialState
 
 from study.budget import TOO_MANY_FAILURES, judge
+from study.cli import quiet_library_loggers
 from study.config import checked_config, checked_sweep_config
 from study.data import load_dataset
 from study.names import FAIL_REASON_ATTR
@@ -185,6 +186,7 @@ def main() -> None:
     # Optuna would log every failed trial with a traceback, expected ones ("not needed",
     # interrupted) too; the objective logs one line per outcome itself.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    quiet_library_loggers()
     signals = WorkerSignals()
     signals.install()
     spec_file = Path(sys.argv[1])

@@ -69,13 +69,16 @@ def worker_pids(tmp_path: Path) -> list[int]:
     return pids
 
 
-def first_running_trial(database: Path, timeout: float = 180.0) -> int:
-    """Poll the study store as fast as it answers; return the first RUNNING trial's number."""
+def first_running_trial(database: Path, driver: subprocess.Popen | None = None, timeout: float = 180.0):
+    """Poll the study store as fast as it answers; return the first RUNNING trial's number
+    (None if the driver ended first: nothing was left to run)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if driver is not None and driver.poll() is not None:
+            return None
         if database.exists():
             try:
-                with sqlite3.connect(database, timeout=1) as connection:
+                with read_only(database) as connection:
                     row = connection.execute(
                         "SELECT number FROM trials WHERE state = 'RUNNING' LIMIT 1"
                     ).fetchone()
@@ -85,6 +88,19 @@ def first_running_trial(database: Path, timeout: float = 180.0) -> int:
                 return row[0]
         time.sleep(0.002)
     raise AssertionError("no trial started")
+
+
+def read_only(database: Path) -> sqlite3.Connection:
+    """Never creates the file: an empty study file is refused as damaged."""
+    return sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=1)
+
+
+def trial_states(database: Path) -> list[str]:
+    try:
+        with read_only(database) as connection:
+            return [row[0] for row in connection.execute("SELECT state FROM trials")]
+    except sqlite3.Error:  # not made yet
+        return []
 
 
 def check_invariants(tmp_path: Path, n_trials: int = N_TRIALS) -> optuna.Study:
@@ -178,12 +194,13 @@ def test_random_kills_and_interrupts_never_break_a_study(sweep_setup):
     """Seeded chaos: SIGKILLs and Ctrl-Cs of workers and the driver at random moments, a rerun
     after each, and the invariants at the end."""
     tmp_path, overrides = sweep_setup
-    overrides += ["study.n_trials=6", "study.n_workers=2", "pruner=none", "trainer.epochs=2"]
+    overrides += ["study.n_trials=8", "study.n_workers=2", "pruner=none", "trainer.epochs=3"]
     chance = random.Random(20261122)
     for _ in range(4):
         driver = start_sweep(overrides, tmp_path)
         try:
-            first_running_trial(tmp_path / "runs" / "optuna.db")
+            if first_running_trial(tmp_path / "runs" / "optuna.db", driver) is None:
+                break  # the study finished between two kills
             time.sleep(chance.uniform(0.0, 4.0))
             victim, signum = chance.choice(
                 [
@@ -211,7 +228,7 @@ def test_random_kills_and_interrupts_never_break_a_study(sweep_setup):
         assert not worker_pids(tmp_path), "workers outlived their driver"
     final = sweep(overrides, tmp_path)
     assert final.returncode == 0, final.stderr[-3000:]
-    check_invariants(tmp_path, n_trials=6)
+    check_invariants(tmp_path, n_trials=8)
 
 
 def test_second_ctrl_c_ends_every_worker_and_leaves_nothing_running(sweep_setup):
@@ -262,6 +279,7 @@ def test_damaged_study_file_is_refused_and_kept(sweep_setup):
     database = tmp_path / "runs" / "optuna.db"
     database.parent.mkdir(parents=True)
     database.write_bytes(b"")
+    os.utime(database, (1e9, 1e9))  # an old empty file: not one another driver is making now
     done = sweep(overrides, tmp_path)
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()
@@ -294,17 +312,7 @@ def test_full_tracking_disk_stops_the_session_with_one_line_then_resumes(sweep_s
         driver = start_sweep(overrides, tmp_path)
         database = tmp_path / "runs" / "optuna.db"
         wait_until = time.time() + 180
-        while time.time() < wait_until:
-            states = (
-                [
-                    t.state
-                    for t in optuna.load_study(study_name="default", storage=f"sqlite:///{database}").trials
-                ]
-                if database.exists()
-                else []
-            )
-            if TrialState.COMPLETE in states:
-                break
+        while time.time() < wait_until and "COMPLETE" not in trial_states(database):
             time.sleep(0.5)
         filler = disk / "filler"
         subprocess.run(
@@ -332,3 +340,30 @@ def test_full_tracking_disk_stops_the_session_with_one_line_then_resumes(sweep_s
         assert not [run for run in runs if run.info.status == "RUNNING"]
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+SWALLOWING_WORKER = """
+import sys, time
+from study.signals import WorkerSignals
+signals = WorkerSignals(grace_seconds=2)
+signals.install()
+print("ready", flush=True)
+while True:  # a library callback that swallows KeyboardInterrupt, as JAX's gc callback did
+    try:
+        time.sleep(0.05)
+    except KeyboardInterrupt:
+        pass
+"""
+
+
+def test_a_worker_whose_interrupt_is_swallowed_still_exits(tmp_path):
+    worker = subprocess.Popen(
+        [sys.executable, "-c", SWALLOWING_WORKER], cwd=tmp_path, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert worker.stdout.readline().strip() == "ready"
+        os.kill(worker.pid, signal.SIGTERM)  # what the driver (or its death) sends
+        assert worker.wait(timeout=15) == 130
+    finally:
+        if worker.poll() is None:
+            worker.kill()

@@ -216,7 +216,8 @@ def test_sigkilled_worker_is_replaced_and_its_trial_retried(sweep_setup, postgre
     client = MlflowClient(tracking_uri=tracking_server.url)
     killed_run = client.get_run(study.trials[retry_of(retried[0])].user_attrs["mlflow_run_id"])
     assert killed_run.info.status == "KILLED"
-    assert "heartbeats" in killed_run.data.tags["error"]
+    assert "worker gone" in killed_run.data.tags["error"]
+    assert killed_run.data.tags["optuna.trial.state"] == "FAIL"
     assert not [run for run in runs_of(client, "chaos") if run.info.status in ("RUNNING", "SCHEDULED")]
 
 
@@ -268,5 +269,43 @@ def test_journal_file_storage_with_two_workers(sweep_setup):
     numbers = [trial.number for trial in study.trials]
     assert len(numbers) == len(set(numbers))
     assert sum(trial.state in DONE for trial in study.trials) == 6
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs'}/mlflow.db")
+    assert not [run for run in runs_of(client, "study") if run.info.status == "RUNNING"]
+
+
+def test_trial_killed_the_moment_it_starts_is_retried_on_postgresql(sweep_setup, postgres):
+    """The window between study.ask() and the worker recording itself, on PostgreSQL: the
+    driver replaces the killed worker and the study still ends with exactly n_trials."""
+    import psycopg
+
+    from tests.test_crash_safety import assert_retried, worker_pids
+
+    tmp_path, overrides = sweep_setup
+    database = f"window_{os.getpid()}"
+    with psycopg.connect(f"{postgres}/optuna", autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {database}")
+    storage = f"{postgres}/{database}"
+    overrides += [f"study.storage={storage}", "study.n_trials=3", "pruner=none", "trainer.epochs=1"]
+    driver = sweep(overrides, tmp_path)
+    number = None
+    with psycopg.connect(f"{postgres}/{database}") as connection:
+        deadline = time.time() + 180
+        while number is None and time.time() < deadline:
+            try:
+                row = connection.execute(
+                    "SELECT number FROM trials WHERE state = 'RUNNING' LIMIT 1"
+                ).fetchone()
+            except psycopg.errors.UndefinedTable:
+                connection.rollback()
+                row = None
+            connection.rollback()  # a fresh snapshot each poll
+            number = row[0] if row else None
+        for pid in worker_pids(tmp_path):
+            os.kill(pid, signal.SIGKILL)
+    finish(driver)
+    study = optuna.load_study(study_name="default", storage=storage)
+    assert sum(t.state in DONE for t in study.trials) == 3
+    assert TrialState.RUNNING not in [t.state for t in study.trials]
+    assert_retried(study, number)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs'}/mlflow.db")
     assert not [run for run in runs_of(client, "study") if run.info.status == "RUNNING"]

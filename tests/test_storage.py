@@ -74,6 +74,7 @@ def test_trials_without_a_live_owner_are_failed_and_retried_with_their_params(tm
 def test_a_damaged_sqlite_study_file_is_refused_with_one_line(tmp_path, content, expected):
     database = tmp_path / "optuna.db"
     database.write_bytes(content)
+    os.utime(database, (1e9, 1e9))  # not one another driver is making right now
     cfg = OmegaConf.create({**STUDY_CFG, "storage": f"sqlite:///{database}"})
     with pytest.raises(ConfigError, match=expected) as caught:
         make_storage(cfg, f"sqlite:///{tmp_path}/mlflow.db")
