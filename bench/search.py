@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -70,11 +71,11 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--override", action="append", default=[], help="a config override for every study (repeatable)"
     )
-    parser.add_argument("--quick", action="store_true", help="digits, 20 s a study, one seed, TPE: ~2 min")
+    parser.add_argument("--quick", action="store_true", help="digits, 30 s a study, one seed, TPE: ~3 min")
     parser.add_argument("--out", type=Path, help="results folder (default: runs/bench/search-<time>)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.budget, args.seeds, args.samplers, args.target = 20.0, 1, "tpe", 0.9
+        args.budget, args.seeds, args.samplers, args.target = 30.0, 1, "tpe", 0.9
     args.strategies = [s for s in args.strategies.split(",") if s]
     args.samplers = [s for s in args.samplers.split(",") if s]
     unknown = [s for s in args.strategies if s not in STRATEGIES]
@@ -167,7 +168,8 @@ def curve(runs: Path, start: float, budget: float, name: str) -> list[dict]:
 
 def summarize(args: argparse.Namespace, curves: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     rows = []
-    for (strategy, sampler), group in curves.groupby(["strategy", "sampler"], sort=False):
+    for strategy, sampler in itertools.product(args.strategies, args.samplers):
+        group = curves[(curves["strategy"] == strategy) & (curves["sampler"] == sampler)]
         to_target, finals = [], []
         for seed in range(args.seeds):
             points = group[group["seed"] == seed]
@@ -217,7 +219,8 @@ def plot(args: argparse.Namespace, curves: pd.DataFrame) -> Path:
         low = max(0.0, curves["best_val_accuracy"].quantile(0.1) - 0.02) if len(curves) else 0.0
         axis.set(title=f"sampler={sampler}", xlabel="seconds", ylabel="best val_accuracy so far")
         axis.set_ylim(low, 1.0)
-        axis.legend(loc="lower right")
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(loc="lower right")
     figure.suptitle(f"best validation accuracy over time, {args.seeds} seed(s), budget {args.budget:.0f} s")
     figure.tight_layout()
     path = args.out / "best_so_far.png"
