@@ -151,19 +151,21 @@ def optuna_trials(name: str, storage: str | None) -> pd.DataFrame:
             file=sys.stderr,
         )
         return pd.DataFrame(columns=columns)
-    rows = []
+    rows: dict[str, dict] = {}
     for trial in study.get_trials(deepcopy=False):
         if MLFLOW_RUN_ATTR not in trial.user_attrs:
             continue
-        rows.append(
-            {
-                "run_id": trial.user_attrs[MLFLOW_RUN_ATTR],
-                "optuna_state": trial.state.name,
-                "optuna_value": trial_score(trial),
-                **{f"param.{key}": param for key, param in trial.params.items()},
-            }
-        )
-    return pd.DataFrame(rows, columns=None if rows else columns)
+        run_id = trial.user_attrs[MLFLOW_RUN_ATTR]
+        earlier = rows.get(run_id)
+        if earlier is not None and earlier["optuna_state"] == "COMPLETE" and trial.state.name != "COMPLETE":
+            continue  # scheduler=asha: a run spans its configuration's trials; the last complete one speaks
+        rows[run_id] = {
+            "run_id": run_id,
+            "optuna_state": trial.state.name,
+            "optuna_value": trial_score(trial),
+            **{f"param.{key}": param for key, param in trial.params.items()},
+        }
+    return pd.DataFrame(list(rows.values()), columns=None if rows else columns)
 
 
 def pick(runs: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:

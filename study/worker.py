@@ -127,9 +127,15 @@ def run_worker(spec: WorkerSpec, signals: WorkerSignals) -> int:
     study.sampler = for_scheduler(build_sampler(settings.sampler, space, seed_offset), settings)
     ladder = ladder_for(settings, base)  # scheduler=asha: the rungs
     objective = TrialObjective(
-        base, settings, compose_with, space, spec.parent_run_id, Path(settings.study.output_dir), signals
+        base,
+        settings,
+        compose_with,
+        space,
+        spec.parent_run_id,
+        Path(settings.study.output_dir),
+        signals,
+        ladder=ladder,
     )
-    objective.ladder = ladder
     load_dataset(base.data, base.trainer.seed)  # into the per-process cache, before the freeze
     # What exists now (interpreter, backend, data, study) lives as long as the worker: the
     # collection after each trial (keras.backend.clear_session) then skips its million objects.

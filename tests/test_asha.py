@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from study import scheduler
+from study import report, scheduler
 from study.sweep import run_sweep
 from tests.conftest import compose_config
 from tests.test_sweep import all_runs, load, start_in_own_session, stores, sweep_command, wait_for
@@ -82,6 +82,12 @@ def test_asha_study_promotes_configurations_from_their_checkpoints(sweep_setup):
     board = pd.read_csv(tmp_path / "runs" / "studies" / "default" / "leaderboard.csv")
     assert board["rung"].iloc[0] == 2
     assert list(board["rung"].iloc[: len(at_rung[2])]) == [2] * len(at_rung[2])
+    # study.report: one row per configuration (its run), valued by its last complete trial.
+    uri = f"sqlite:///{tmp_path / 'runs'}/mlflow.db"
+    assert report.main(["--study", "default", "--tracking-uri", uri, "--output-dir", str(tmp_path)]) == 0
+    table = pd.read_csv(tmp_path / "default.csv")
+    assert len(table) == 4 and table["run_id"].is_unique and set(table["state"]) == {"COMPLETE"}
+    assert table["val_accuracy"].max() == scheduler.best_trial(trials).value
 
 
 @pytest.mark.slow

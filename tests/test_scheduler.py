@@ -6,10 +6,12 @@ import math
 
 import optuna
 import pytest
+from omegaconf import OmegaConf
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from study import scheduler
+from study.budget import DONE, judge
 from study.config import ConfigError, checked_sweep_config
 from study.samplers import RungSampler, build_sampler, for_scheduler
 from study.scheduler import CONFIG_ATTR, RUNG_ATTR, Ladder
@@ -318,3 +320,24 @@ def test_only_model_based_samplers_are_wrapped_under_asha():
     random = sampler_for("scheduler=asha", "pruner=none", "sampler=random")
     assert isinstance(random, optuna.samplers.RandomSampler)
     assert isinstance(sampler_for("scheduler=none"), optuna.samplers.TPESampler)
+
+
+def test_the_budget_rule_counts_configurations_and_names_the_due_promotion():
+    """study/budget.py's one rule, with scheduler=asha: what the driver and the workers ask."""
+    settings = OmegaConf.create({"study": {"n_trials": 3, "max_failed_trials": None}})
+    trials = Trials()
+    for value in (0.5, 0.9):
+        trials.config(value)
+    verdict = judge(trials.all, settings, session_start=0.0, deadline=None, ladder=NINE)
+    assert verdict.stop is None and verdict.may_start_trial and verdict.promotion is None
+    assert verdict.done == 2 and verdict.configurations_done == 2
+    trials.config(0.7)
+    verdict = judge(trials.all, settings, session_start=0.0, deadline=None, ladder=NINE)
+    assert verdict.stop is None and verdict.may_start_trial  # three configurations, one due
+    assert (verdict.promotion.config, verdict.promotion.rung) == (1, 1)
+    promoted = trials.promotion(1, 1, state=TrialState.RUNNING)
+    verdict = judge(trials.all, settings, session_start=0.0, deadline=None, ladder=NINE)
+    assert verdict.stop is None and not verdict.may_start_trial  # it runs elsewhere: wait
+    trials.study.tell(promoted, 0.95)
+    verdict = judge(trials.all, settings, session_start=0.0, deadline=None, ladder=NINE)
+    assert verdict.stop == DONE and verdict.done == 3 and verdict.counts.done == 4
