@@ -117,8 +117,10 @@ class MlflowConfig:
     experiment_name: str = "study"
     # Where a new experiment keeps its artifacts; ignored when the experiment exists.
     artifact_location: str = "${runs_dir}/mlartifacts"
-    run_name: str | None = None
+    run_name: str | None = None  # default: what the run is, e.g. cnn-adam-mnist
     tags: dict[str, str] = field(default_factory=dict)  # extra run tags: +mlflow.tags.team=vision
+    # Seconds between samples of CPU, memory and GPU use (MLflow system metrics); null: off.
+    system_metrics_interval: float | None = 10.0
 
 
 @dataclass
@@ -150,6 +152,8 @@ class StudyConfig:
     max_retry: int = 1  # re-runs of a trial whose worker died
     max_failed_trials: int | None = None  # stop after this many failed trials (default: n_trials)
     output_dir: str = "${runs_dir}/studies/${study.name}"
+    # Model Registry name the winner is registered under (models:/NAME/latest); null: not registered.
+    registered_model: str | None = "${study.name}"
 
 
 @dataclass
@@ -477,6 +481,12 @@ def _check_values(cfg: DictConfig) -> None:
             " or ".join(PRECISIONS),
         ),
         ("data.validation_size", cfg.data.validation_size, lambda v: v >= 1, "an integer >= 1"),
+        (
+            "mlflow.system_metrics_interval",
+            cfg.mlflow.system_metrics_interval,
+            lambda v: v is None or v > 0,
+            "null or a number of seconds > 0",
+        ),
         (
             "data.max_train_samples",
             cfg.data.max_train_samples,

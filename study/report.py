@@ -12,31 +12,54 @@ printed and written as CSV (and Markdown with --markdown) under --output-dir.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import mlflow
 import optuna
 import pandas as pd
+from omegaconf import OmegaConf
 
+from study.leaderboard import (
+    DURATION,
+    EPOCHS,
+    ERROR,
+    ERROR_LENGTH,
+    METRIC,
+    RUN_ID,
+    RUN_NAME,
+    STATE,
+    STUDY,
+    TEST_METRIC,
+    TRIAL,
+    best_trial_number,
+    leaderboard,
+    space_targets,
+    trial_config,
+    trial_row,
+)
 from study.reproduce import DEFAULT_TRACKING_URI
-from study.storage import MLFLOW_RUN_ATTR, trial_score
+from study.storage import MLFLOW_RUN_ATTR
 from study.tracking import mask_secrets
 
+# MLflow run columns -> the shared leaderboard columns (study/leaderboard.py).
 RUN_COLUMNS = {
-    "tags.mlflow.runName": "run_name",
-    "status": "status",
-    "params.model.name": "model",
-    "params.optimizer.name": "optimizer",
-    "params.optimizer.learning_rate": "learning_rate",
-    "params.model.dropout_rate": "dropout_rate",
-    "params.data.name": "data",
-    "metrics.best_val_accuracy": "val_accuracy",
-    "metrics.test_accuracy": "test_accuracy",
-    "duration_s": "duration_s",
-    "run_id": "run_id",
+    "tags.study.name": STUDY,
+    "tags.optuna.trial.number": TRIAL,
+    "tags.mlflow.runName": RUN_NAME,
+    "status": STATE,
+    "metrics.best_val_accuracy": METRIC,
+    "metrics.test_accuracy": TEST_METRIC,
+    "metrics.epochs": EPOCHS,
+    "duration_s": DURATION,
+    "run_id": RUN_ID,
 }
+# Params that differ between runs without saying anything about the model: not columns.
+NOT_CONFIG = ("mlflow.", "runs_dir", "data.path", "trainer.verbose")
+GROUPS = ("data", "model", "optimizer")  # `model.name` is shown as `model`
 
 
 class ReportError(ValueError):
@@ -57,6 +80,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file
     mlflow.set_tracking_uri(args.tracking_uri)
     try:
         if args.study:
@@ -69,13 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"study.report: error: {error}", file=sys.stderr)
         return 2
     with pd.option_context("display.width", 200, "display.max_columns", 40, "display.max_rows", 500):
-        print(table.to_string(index=False))
+        print(table.to_string(index=False, na_rep=""))
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     table.to_csv(output / f"{name}.csv", index=False)
     written = [output / f"{name}.csv"]
     if args.markdown:
-        (output / f"{name}.md").write_text(table.to_markdown(index=False, floatfmt=".4f") + "\n")
+        (output / f"{name}.md").write_text(table.to_markdown(index=False) + "\n")
         written.append(output / f"{name}.md")
     print("written: " + ", ".join(str(path) for path in written))
     return 0
@@ -95,32 +119,32 @@ def experiment_table(experiment: str) -> pd.DataFrame:
     if mlflow.get_experiment_by_name(experiment) is None:
         raise ReportError(f"--experiment {experiment}: no such experiment")
     runs = runs_frame(experiment)
-    table = pick(runs, RUN_COLUMNS)
-    return table.sort_values("val_accuracy", ascending=False, na_position="last").reset_index(drop=True)
+    keys = varying_config_keys(runs)
+    return leaderboard([run_row(run, keys) for _, run in runs.iterrows()], keys)
 
 
 def study_table(name: str, storage: str | None) -> pd.DataFrame:
+    """A study's trials that have an MLflow run, from its Optuna storage; from MLflow alone
+    when the storage cannot be opened."""
     parent = find_parent(name)
-    experiment = mlflow.get_experiment(parent["experiment_id"]).name
-    children = runs_frame(experiment, f"tags.mlflow.parentRunId = '{parent['run_id']}'")
-    table = pick(
-        children, {**RUN_COLUMNS, "tags.optuna.trial.number": "trial", "tags.optuna.trial.state": "state"}
-    )
-    table["trial"] = pd.to_numeric(table["trial"])
-    winner = parent.get("tags.best_trial_run_id")
-    if isinstance(winner, str) and winner:  # the one test-set evaluation of the study
-        table.loc[table["run_id"] == winner, "test_accuracy"] = parent.get("metrics.best_trial_test_accuracy")
-    table = table.merge(
-        optuna_trials(name, storage or parent.get("params.study.storage")), on="run_id", how="left"
-    )
-    table.insert(0, "study", name)
-    table["val_accuracy"] = table["optuna_value"].fillna(table["val_accuracy"])
-    table["state"] = table["optuna_state"].fillna(table["state"])
-    table = table.drop(columns=["optuna_value", "optuna_state"])
-    order = {"COMPLETE": 0, "PRUNED": 1, "FAIL": 2}
-    table["_order"] = table["state"].map(lambda state: order.get(state, 3))
-    table = table.sort_values(["_order", "val_accuracy"], ascending=[True, False]).drop(columns="_order")
-    return table.reset_index(drop=True)
+    targets = search_space_targets(parent["run_id"])
+    study = load_study(name, storage or parent.get("params.study.storage"))
+    if study is None:
+        experiment = mlflow.get_experiment(parent["experiment_id"]).name
+        children = runs_frame(experiment, f"tags.mlflow.parentRunId = '{parent['run_id']}'")
+        keys = list(dict.fromkeys(targets.values())) or varying_config_keys(children)
+        rows = [run_row(run, keys) for _, run in children.iterrows()]
+        for row in rows:
+            row.pop(RUN_NAME, None)
+    else:
+        trials = [t for t in study.get_trials(deepcopy=False) if MLFLOW_RUN_ATTR in t.user_attrs]
+        test = parent.get("metrics.best_trial_test_accuracy")
+        best = best_trial_number(trials)
+        rows = [trial_row(trial, targets, best, test) for trial in trials]
+        keys = list(dict.fromkeys(key for trial in trials for key in trial_config(trial, targets)))
+    for row in rows:
+        row[STUDY] = name
+    return leaderboard(rows, keys)
 
 
 def find_parent(name: str) -> pd.Series:
@@ -136,13 +160,46 @@ def find_parent(name: str) -> pd.Series:
     return parents.iloc[0]  # the newest, when a name was reused with a new storage
 
 
-def optuna_trials(name: str, storage: str | None) -> pd.DataFrame:
-    """State, value and sampled params of each trial, keyed by MLflow run id."""
-    columns = ["run_id", "optuna_state", "optuna_value"]
-    if not storage:
-        return pd.DataFrame(columns=columns)
+def run_row(run: pd.Series, config_keys: list[str]) -> dict:
+    """One MLflow run (a search_runs row) in the leaderboard's columns."""
+    row = {column: _value(run.get(source)) for source, column in RUN_COLUMNS.items()}
+    if row[STATE] in ("FINISHED", "KILLED", "FAILED") and isinstance(run.get("tags.optuna.trial.state"), str):
+        row[STATE] = run["tags.optuna.trial.state"]  # a trial: COMPLETE, PRUNED or FAIL, as Optuna says
+    for key in config_keys:
+        row[key] = _number(run.get(f"params.{key}.name" if key in GROUPS else f"params.{key}"))
+    row[ERROR] = _short(run.get("tags.error"))
+    return row
+
+
+def varying_config_keys(runs: pd.DataFrame) -> list[str]:
+    """The config keys whose values differ between the runs: what tells them apart."""
+    keys = []
+    for column in sorted(c for c in runs.columns if c.startswith("params.")):
+        key = column.removeprefix("params.")
+        if key.startswith(NOT_CONFIG) or runs[column].nunique() < 2:  # among the runs that have it
+            continue
+        group, _, rest = key.partition(".")
+        keys.append(group if group in GROUPS and rest == "name" else key)
+    return keys
+
+
+def search_space_targets(parent_run_id: str) -> dict[str, str]:
+    """{Optuna param name: config key} from the search space the study logged."""
     try:
-        study = optuna.load_study(study_name=name, storage=storage)
+        with tempfile.TemporaryDirectory(prefix="study-report-") as scratch:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=parent_run_id, artifact_path="search_space.yaml", dst_path=scratch
+            )
+            return space_targets(OmegaConf.load(path))
+    except Exception:  # an older study or a missing artifact: params keep their own names
+        return {}
+
+
+def load_study(name: str, storage: str | None) -> optuna.Study | None:
+    if not storage:
+        return None
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
     except Exception as error:  # storage gone, moved or masked: MLflow alone still gives a table
         hint = " (its password is masked in MLflow: pass --storage)" if "***" in storage else ""
         print(
@@ -150,32 +207,29 @@ def optuna_trials(name: str, storage: str | None) -> pd.DataFrame:
             f"{type(error).__name__}; states and values come from MLflow",
             file=sys.stderr,
         )
-        return pd.DataFrame(columns=columns)
-    rows: dict[str, dict] = {}
-    for trial in study.get_trials(deepcopy=False):
-        if MLFLOW_RUN_ATTR not in trial.user_attrs:
-            continue
-        run_id = trial.user_attrs[MLFLOW_RUN_ATTR]
-        earlier = rows.get(run_id)
-        if earlier is not None and earlier["optuna_state"] == "COMPLETE" and trial.state.name != "COMPLETE":
-            continue  # scheduler=asha: a run spans its configuration's trials; the last complete one speaks
-        rows[run_id] = {
-            "run_id": run_id,
-            "optuna_state": trial.state.name,
-            "optuna_value": trial_score(trial),
-            **{f"param.{key}": param for key, param in trial.params.items()},
-        }
-    return pd.DataFrame(list(rows.values()), columns=None if rows else columns)
+        return None
 
 
-def pick(runs: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
-    """The named columns of a search_runs frame, renamed; missing ones are empty."""
-    picked = pd.DataFrame(
-        {new: runs[old] if old in runs else pd.Series(dtype=object) for old, new in columns.items()}
-    )
-    for column in ("val_accuracy", "test_accuracy", "learning_rate", "dropout_rate"):
-        picked[column] = pd.to_numeric(picked[column], errors="coerce")
-    return picked
+def _value(value):
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def _number(value):
+    """MLflow params are strings: "0.01" -> 0.01, "cnn" stays."""
+    if not isinstance(value, str):
+        return _value(value)
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return int(number) if number.is_integer() and "." not in value and "e" not in value else number
+
+
+def _short(error) -> str:
+    if not isinstance(error, str) or not error.strip():
+        return ""
+    first = error.strip().splitlines()[0]
+    return first if len(first) <= ERROR_LENGTH else first[: ERROR_LENGTH - 3] + "..."
 
 
 if __name__ == "__main__":

@@ -138,6 +138,8 @@ def replay(client: MlflowClient, cfg: DictConfig, tags: dict[str, str], folder: 
     """Train `cfg` in a fresh process with the documented replay command; returns the new run."""
     plain = OmegaConf.to_container(cfg)
     plain["mlflow"]["tags"] = {**plain["mlflow"].get("tags", {}), **tags}
+    # Hydra's own output folder under runs/, as for the original run, not outputs/ in the cwd.
+    plain["hydra"] = {"run": {"dir": "${runs_dir}/hydra/train/${now:%Y-%m-%d_%H-%M-%S}"}}
     replay_dir = Path(tempfile.mkdtemp(dir=folder))
     (replay_dir / "config.yaml").write_text(OmegaConf.to_yaml(plain))
     command = [

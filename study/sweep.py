@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -23,10 +24,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from study.budget import DONE, TIMEOUT, TrialCounts, Verdict, judge
+from study.budget import DONE, TIMEOUT, Verdict, judge
 from study.cli import report_input_errors, run_cli
 from study.config import CONFIG_DIR, ConfigError, checked_config, checked_sweep_config
 from study.data import load_dataset
+from study.leaderboard import space_targets
 from study.names import (
     BASELINE_ATTR,
     OPTUNA_STUDY_TAG,
@@ -36,6 +38,7 @@ from study.names import (
     TRIAL_NUMBER_TAG,
 )
 from study.pool import WorkerPool
+from study.progress import StudyProgress, final_summary
 from study.pruners import build_pruner
 from study.samplers import build_sampler
 from study.scheduler import best_trial, ladder_for
@@ -49,7 +52,6 @@ log = logging.getLogger(__name__)
 
 PARENT_WAIT_SECONDS = 60.0
 POLL_SECONDS = 1.0
-PROGRESS_SECONDS = 5.0
 
 
 def run_sweep(
@@ -99,7 +101,8 @@ def run_sweep(
         )
         trials = study.get_trials(deepcopy=False)
         if judge(trials, settings, session_start, deadline, ladder=ladder).stop is None:
-            Driver(study, settings, base, spec, study_dir).run()
+            epochs = None if base.trainer.max_steps else base.trainer.epochs  # shown as epoch k/n
+            Driver(study, settings, base, spec, study_dir, epochs).run()
         try:
             summary = finish(study, settings, parent, study_dir)
         finally:
@@ -255,18 +258,23 @@ class Driver:
     """Watches the study while the workers run: progress, dead workers, ownerless trials."""
 
     def __init__(
-        self, study: optuna.Study, settings: DictConfig, base: DictConfig, spec: WorkerSpec, study_dir
+        self,
+        study: optuna.Study,
+        settings: DictConfig,
+        base: DictConfig,
+        spec: WorkerSpec,
+        study_dir: Path,
+        epochs: int | None = None,
     ):
         self.study = study
         self.settings = settings
         self.tracking_uri = base.mlflow.tracking_uri
         self.spec = spec
         self.pool = WorkerPool(settings.study, spec, study_dir / "logs")
-        self.progress = Progress(settings)
+        self.progress = StudyProgress.from_settings(settings, epochs, len(self.pool.workers), self.pool.logs)
         self.ladder = ladder_for(settings, base)
 
     def run(self) -> None:
-        print(f"[{self.settings.study.name}] worker logs: {self.pool.logs}", flush=True)
         previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
             self.pool.start()
@@ -288,73 +296,51 @@ class Driver:
             trials = self.study.get_trials(deepcopy=False)
             verdict = self._judge(trials)
             self.progress.update(verdict.counts, trials, force=True, done=verdict.done)
+            self.progress.close(verdict.counts, trials)
 
     def _judge(self, trials: list[FrozenTrial] | None = None) -> Verdict:
         trials = self.study.get_trials(deepcopy=False) if trials is None else trials
         return judge(trials, self.settings, self.spec.session_start, self.spec.deadline, ladder=self.ladder)
 
 
-class Progress:
-    """One line per change: done / pruned / failed / running, and the best so far."""
-
-    def __init__(self, settings: DictConfig):
-        self.settings = settings
-        self.last_line = ""
-        self.last_time = 0.0
-
-    def update(
-        self, counts: TrialCounts, trials: list[FrozenTrial], force: bool = False, done: int | None = None
-    ) -> None:
-        line = self.line(counts, trials, done)
-        if line != self.last_line and (force or time.time() - self.last_time >= PROGRESS_SECONDS):
-            print(line, flush=True)
-            self.last_line, self.last_time = line, time.time()
-
-    def line(self, counts: TrialCounts, trials: list[FrozenTrial], done: int | None = None) -> str:
-        best = ""
-        trial = best_trial(trials)  # with asha: the best of the highest rung
-        if trial is not None:
-            best = f" | best val_accuracy {trial.value:.4f} (trial {trial.number})"
-        done = counts.done if done is None else done
-        return (
-            f"[{self.settings.study.name}] {done}/{self.settings.study.n_trials} done "
-            f"({counts.complete} complete, {counts.pruned} pruned), {counts.failed} failed, "
-            f"{counts.running} running{best}"
-        )
-
-
 def finish(study: optuna.Study, settings: DictConfig, parent: RunTracker, study_dir: Path) -> dict:
-    """Leaderboard, plots, HParams table and the winner's test-set evaluation."""
+    """Plots, the winner on the test set and in the Model Registry, the leaderboard, and a
+    summary that says what won, by how much, and where to look further."""
     # Here, not at the top: the driver starts the backend only to evaluate the winner.
     from study.results import evaluate_winner, leaderboard, log_plots
     from study.tensorboard import write_hparams_config
 
-    table = leaderboard(study)
-    table_file = study_dir / "leaderboard.csv"
-    table.to_csv(table_file, index=False)
-    parent.log_artifact(table_file)
-    with pd.option_context("display.width", 200, "display.max_columns", 30):
-        print(table.to_string(index=False, max_colwidth=48))
     counts = count_trials(study)
     parent.log_metrics(
         {"trials_complete": counts.complete, "trials_pruned": counts.pruned, "trials_failed": counts.failed}
     )
+    targets = space_targets(settings.search_space)
     plots = study_dir / "plots"
     plots.mkdir(exist_ok=True)
-    log_plots(study, parent.client, parent.run_id, plots)
+    print(f"writing Optuna's plots to {plots} ...", flush=True)
+    log_plots(study, parent.client, parent.run_id, plots, targets)
     write_hparams_config(
         study_dir / "tensorboard",
         sorted({name for trial in study.trials for name in trial.params}),
         ["accuracy/validation", "loss/validation", "accuracy/train", "loss/train"],
     )
+    table_file = study_dir / "leaderboard.csv"
     summary = {"study": settings.study.name, **counts.__dict__, "leaderboard": str(table_file)}
     if counts.complete:
-        summary.update(evaluate_winner(study, parent.client, parent.run_id, study_dir))
+        registered = settings.study.registered_model
+        where = f" and registering it as MLflow model {registered}" if registered else ""
         print(
-            f"best: trial {summary['best_trial']} val_accuracy {summary['best_val_accuracy']:.4f}, "
-            f"test_accuracy {summary['best_trial_test_accuracy']:.4f} (run {summary['best_trial_run_id']})"
+            f"evaluating the winner (trial {best_trial(study.trials).number}) on the test set{where} ...",
+            flush=True,
         )
-    print(f"TensorBoard: tensorboard --logdir {study_dir / 'tensorboard'}")
+        summary.update(evaluate_winner(study, parent.client, parent.run_id, study_dir, registered))
+    table = leaderboard(study, targets, summary.get("best_trial_test_accuracy"))
+    table.to_csv(table_file, index=False)
+    parent.log_artifact(table_file)
+    width = shutil.get_terminal_size((200, 40)).columns  # wide tables wrap by columns, not mid-line
+    with pd.option_context("display.width", width, "display.max_columns", 30):
+        print(table.to_string(index=False, max_colwidth=48, na_rep=""))
+    print(final_summary(study, settings, parent.client.tracking_uri, study_dir, summary, targets))
     return summary
 
 

@@ -27,6 +27,7 @@ from study.callbacks import BestCheckpoint, EpochMetrics, StepBudget
 from study.cli import report_input_errors, run_cli
 from study.config import checked_config
 from study.data import Dataset, load_dataset
+from study.lineage import log_dataset, log_keras_model, system_metrics
 from study.models import build_model
 from study.optimizers import build_optimizer
 from study.tensorboard import ScalarWriter
@@ -40,6 +41,7 @@ REPLAY_HEADER = """\
 # The resolved config of one study.train run. Replay it with
 #   python -m study.train --config-path <folder of this file> --config-name config
 """
+REPLAY_OF_TAG = "replay_of"  # on a replay's run: the id of the run whose config.yaml it replays
 # Keeps a replay's Hydra output folder under runs/, like the original command.
 REPLAY_HYDRA_BLOCK = {"hydra": {"run": {"dir": "${runs_dir}/hydra/train/${now:%Y-%m-%d_%H-%M-%S}"}}}
 LAST_CHECKPOINT = "checkpoints/last.keras"  # model and optimizer state: where a segment resumes
@@ -98,8 +100,12 @@ def train(
         folder.mkdir(parents=True, exist_ok=True)
         owned = tracker is None
         if owned:
-            tracker = RunTracker.start(cfg.mlflow, run_name=cfg.mlflow.run_name, tags=cfg.mlflow.tags)
-        with tracker if owned else contextlib.nullcontext(tracker):
+            tracker = RunTracker.start(cfg.mlflow, run_name=run_name(cfg), tags=cfg.mlflow.tags)
+        interval = cfg.mlflow.system_metrics_interval
+        with (
+            tracker if owned else contextlib.nullcontext(tracker),
+            system_metrics(cfg.mlflow.tracking_uri, tracker.run_id, interval),
+        ):
             resuming = segment is not None and segment.start > 0
             if not resuming:  # the first segment logged the params; MLflow refuses to change them
                 log_run_description(tracker, cfg, dataset)
@@ -109,8 +115,19 @@ def train(
             metrics = fit_and_evaluate(
                 cfg, model, dataset, tracker, folder, logdir, on_epoch_end, evaluate_test, segment
             )
+            if evaluate_test:  # a run of its own (not a trial): its best model, ready to serve
+                best = keras.saving.load_model(folder / "checkpoints" / "best.keras")
+                log_keras_model(cfg.mlflow.tracking_uri, tracker.run_id, best, dataset.x_test)
         log.info("run %s: best val_accuracy %.4f", tracker.run_id, metrics["best_val_accuracy"])
         return metrics
+
+
+def run_name(cfg: DictConfig) -> str:
+    """mlflow.run_name, or what the run is: cnn-adam-mnist (a replay: cnn-adam-mnist-replay)."""
+    if cfg.mlflow.run_name:
+        return cfg.mlflow.run_name
+    name = f"{cfg.model.name}-{cfg.optimizer.name}-{cfg.data.name}"
+    return f"{name}-replay" if REPLAY_OF_TAG in cfg.mlflow.tags else name
 
 
 def compile_model(cfg: DictConfig, dataset: Dataset) -> keras.Model:
@@ -154,6 +171,7 @@ def log_run_description(tracker: RunTracker, cfg: DictConfig, dataset: Dataset) 
             **versions,
         }
     )
+    log_dataset(tracker.client, tracker.run_id, dataset)
 
 
 def fit_and_evaluate(
@@ -168,7 +186,7 @@ def fit_and_evaluate(
     segment: Segment | None = None,
 ) -> dict[str, float]:
     trainer = cfg.trainer
-    config_file = write_replay_config(cfg, folder / "config.yaml")
+    config_file = write_replay_config(cfg, folder / "config.yaml", tracker.run_id)
     tracker.log_artifact(config_file)
     checkpoints = folder / "checkpoints"
     checkpoints.mkdir(exist_ok=True)
@@ -337,9 +355,12 @@ def earlier_val_accuracy(tracker: RunTracker, up_to: int) -> list[tuple[int, flo
     return sorted((step, value) for step, value in points.items() if step <= up_to)
 
 
-def write_replay_config(cfg: DictConfig, path: Path) -> Path:
-    """The resolved config as the primary config of a replay (`--config-name config`)."""
-    body = OmegaConf.to_yaml({**OmegaConf.to_container(cfg), **REPLAY_HYDRA_BLOCK})
+def write_replay_config(cfg: DictConfig, path: Path, run_id: str) -> Path:
+    """The resolved config as the primary config of a replay (`--config-name config`); the
+    replay's run is tagged with the run it replays (`replay_of`)."""
+    plain = OmegaConf.to_container(cfg)
+    plain["mlflow"]["tags"] = {**plain["mlflow"]["tags"], REPLAY_OF_TAG: run_id}
+    body = OmegaConf.to_yaml({**plain, **REPLAY_HYDRA_BLOCK})
     return write_masked(path, REPLAY_HEADER + body)
 
 

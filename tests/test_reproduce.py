@@ -42,9 +42,11 @@ def runs_tagged(client, key, value):
     return client.search_runs([experiment], filter_string=f"tags.{key} = '{value}'")
 
 
-def test_reproduction_matches_exactly_on_cpu(original, capsys):
+def test_reproduction_matches_exactly_on_cpu(original, capsys, tmp_path, monkeypatch):
     client, uri, run, _ = original
+    monkeypatch.chdir(tmp_path)  # where the command runs gets nothing: Hydra's folder goes under runs/
     assert reproduce.main([run.info.run_id, "--tracking-uri", uri]) == 0
+    assert list(tmp_path.iterdir()) == []
     printed = capsys.readouterr().out
     assert "reproduced: largest difference 0" in printed
     assert "val_accuracy" in printed and "test_accuracy" in printed

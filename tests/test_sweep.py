@@ -107,7 +107,8 @@ def test_tiny_study_tracks_prunes_fails_and_resumes(sweep_setup):
     assert {"optimization_history.png", "intermediate_values.png"} <= plots
     study_dir = tmp_path / "runs" / "studies" / "default"
     board = (study_dir / "leaderboard.csv").read_text().splitlines()
-    assert board[0].startswith("trial,state,val_accuracy,epochs,duration_s,mlflow_run_id")
+    assert board[0].startswith("trial,state,val_accuracy,test_accuracy,epochs,duration_s,")
+    assert board[0].endswith(",error,run_id") and "optimizer.learning_rate" in board[0]
     assert len(board) == 1 + len(study.trials)
 
     # TensorBoard: one folder per trial with its curves and its HParams session.

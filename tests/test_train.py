@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import keras
+import mlflow
 import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -17,6 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from study.callbacks import NonFiniteLossError
 from study.config import ConfigError, checked_config
 from study.data import IDX_FILES, load_dataset
+from study.native_logs import NATIVE_LINE
 from study.tracking import RunTracker, flatten
 from study.train import compile_model, train
 from tests.conftest import compose_config
@@ -106,6 +108,29 @@ def test_tags_say_what_ran_where(tracked_run, tiny_idx_dir):
         assert tags["mlflow.source.git.commit"] == commit.stdout.strip()
 
 
+def test_run_is_named_and_records_its_data_set_model_and_machine(tracked_run):
+    cfg, _, client, run, local = tracked_run
+    assert run.info.run_name == "cnn-adam-mnist"  # mlflow.run_name is null: what the run is
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert dataset_input.dataset.name == "mnist"
+    assert run.data.tags["data.digest"].removeprefix("sha256:").startswith(dataset_input.dataset.digest)
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(
+        run.data.metrics
+    )
+    # The best checkpoint as an MLflow model: loads through pyfunc and predicts as Keras does.
+    (logged,) = run.outputs.model_outputs
+    record = client.get_logged_model(logged.model_id)
+    assert record.experiment_id == run.info.experiment_id and record.source_run_id == run.info.run_id
+    assert str(Path(checked_config(cfg).runs_dir).resolve()) in record.artifact_location  # under runs/
+    mlflow.set_tracking_uri(client.tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{logged.model_id}")
+    data = load_dataset(checked_config(cfg).data, seed=cfg.trainer.seed)
+    best = keras.saving.load_model(local / "checkpoints" / "best.keras")
+    expected = best.predict(data.x_test[:8], verbose=0)
+    assert model.predict(data.x_test[:8]) == pytest.approx(expected, abs=1e-5)
+    assert model.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 12, 12, 1)
+
+
 def test_tensorboard_events_parse_with_tensorboards_reader(tracked_run):
     _, _, client, run, local = tracked_run
     events = EventAccumulator(str(local / "tensorboard"))
@@ -148,7 +173,7 @@ def test_same_config_twice_gives_identical_metrics(tracked_run, tmp_path, tiny_i
 
 def test_logged_config_replays_the_run(tracked_run, tmp_path):
     """The documented replay: python -m study.train --config-path <dir> --config-name config."""
-    cfg, metrics, _, _, local = tracked_run
+    cfg, metrics, _, original, local = tracked_run
     replay_dir = tmp_path / "replay"
     replay_dir.mkdir()
     text = (local / "config.yaml").read_text()
@@ -162,9 +187,14 @@ def test_logged_config_replays_the_run(tracked_run, tmp_path):
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    # The backend starts quietly: no native start-up lines ("Could not find cuda drivers", ...).
+    output = done.stdout + done.stderr
+    assert not [line for line in output.splitlines() if NATIVE_LINE.match(line) or "absl::" in line], output
     replayed = compose_config("config", [], config_dir=replay_dir)
     _, run = only_run(replayed)
     assert run.info.status == "FINISHED"
+    assert run.data.tags["replay_of"] == original.info.run_id  # a replay links to the run it replays
+    assert run.info.run_name == "cnn-adam-mnist-replay"
     assert run.data.metrics["test_accuracy"] == metrics["test_accuracy"]
     assert run.data.metrics["best_val_accuracy"] == metrics["best_val_accuracy"]
     assert (tmp_path / "runs" / "hydra" / "train").is_dir()  # Hydra's output stayed under runs/

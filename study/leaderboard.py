@@ -1,0 +1,161 @@
+"""One leaderboard design for `study.sweep` (leaderboard.csv) and `study.report`.
+
+A row is one trial (or one MLflow run): its state once, its validation accuracy, the test
+accuracy where it was evaluated (a study's winner only), its role (winner, baseline), the
+effective config values that were searched, named by config key (`optimizer.learning_rate`,
+whichever search-space entry sampled it), a short error, and the MLflow run id. Figures are
+rounded; columns no row fills are left out. Light on imports: `study.report` must not pay for
+TensorFlow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from study.scheduler import RUNG_ATTR, best_trial, rung_of
+from study.storage import FAIL_REASON_ATTR, MLFLOW_RUN_ATTR, NOT_NEEDED_ATTR, trial_score
+
+# Column names, shared by every table (and by the terminal summary).
+STUDY = "study"
+TRIAL = "trial"
+RUN_NAME = "run_name"
+STATE = "state"
+RUNG = "rung"  # scheduler=asha: the rung a trial trained up to; the highest ranks first
+METRIC = "val_accuracy"  # what a study maximizes: the best validation accuracy of a run
+TEST_METRIC = "test_accuracy"
+EPOCHS = "epochs"
+DURATION = "duration_s"
+ROLE = "role"
+ERROR = "error"
+RUN_ID = "run_id"
+LEADING = [STUDY, TRIAL, RUN_NAME, STATE, RUNG, METRIC, TEST_METRIC, EPOCHS, DURATION, ROLE]
+TRAILING = [ERROR, RUN_ID]
+ALWAYS = {TRIAL, STATE, RUN_ID}  # kept even when empty: a table of nothing still says what it lists
+
+BASELINE_ATTR = "baseline"  # trial user attribute of the enqueued base-config trial
+WINNER, BASELINE = "winner", "baseline"
+ERROR_LENGTH = 80
+ORDER = {"COMPLETE": 0, "FINISHED": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "KILLED": 4}
+
+
+def space_targets(space: Mapping[str, Any]) -> dict[str, str]:
+    """{Optuna param name: the config key it sets} of a search space (its `target`, else its
+    name, as search_space.Entry reads it), typed or as loaded from search_space.yaml."""
+    return {name: (spec.get("target") or name) for name, spec in space.items()}
+
+
+def short_error(trial: FrozenTrial) -> str:
+    """Why a failed trial failed, in a few words (the MLflow run has the rest)."""
+    if trial.state != TrialState.FAIL:
+        return ""
+    if trial.user_attrs.get(NOT_NEEDED_ATTR):
+        return "not needed: the study had its trials"
+    reason = trial.user_attrs.get(FAIL_REASON_ATTR)
+    if not reason:
+        return "worker stopped (killed or crashed)"
+    first = str(reason).strip().splitlines()[0] if str(reason).strip() else "error"
+    return first if len(first) <= ERROR_LENGTH else first[: ERROR_LENGTH - 3] + "..."
+
+
+def trial_config(trial: FrozenTrial, targets: Mapping[str, str]) -> dict[str, Any]:
+    """The trial's sampled values by the config key they set ({param name: key} in `targets`)."""
+    return {targets.get(name, name): value for name, value in trial.params.items()}
+
+
+def trial_row(
+    trial: FrozenTrial, targets: Mapping[str, str], best: int | None = None, test: float | None = None
+) -> dict[str, Any]:
+    duration = trial.duration.total_seconds() if trial.duration is not None else None
+    roles = [WINNER] if trial.number == best else []
+    if trial.user_attrs.get(BASELINE_ATTR):
+        roles.append(BASELINE)
+    return {
+        TRIAL: trial.number,
+        STATE: trial.state.name,
+        RUNG: rung_of(trial) if RUNG_ATTR in trial.user_attrs else None,
+        METRIC: trial_score(trial),
+        TEST_METRIC: test if trial.number == best else None,
+        EPOCHS: len(trial.intermediate_values),
+        DURATION: duration,
+        ROLE: ", ".join(roles),
+        **trial_config(trial, targets),
+        ERROR: short_error(trial),
+        RUN_ID: trial.user_attrs.get(MLFLOW_RUN_ATTR, ""),
+    }
+
+
+def best_trial_number(trials: Iterable[FrozenTrial]) -> int | None:
+    best = best_trial(trials)  # with scheduler=asha: the best of the highest rung
+    return best.number if best is not None else None
+
+
+def trials_table(
+    trials: list[FrozenTrial], targets: Mapping[str, str], test_accuracy: float | None = None
+) -> pd.DataFrame:
+    """The leaderboard of a study's trials; `test_accuracy` is the winner's, when evaluated."""
+    best = best_trial_number(trials)
+    config_keys = list(dict.fromkeys(key for t in trials for key in trial_config(t, targets)))
+    rows = [trial_row(trial, targets, best, test_accuracy) for trial in trials]
+    return leaderboard(rows, config_keys)
+
+
+def leaderboard(rows: list[dict[str, Any]], config_keys: list[str]) -> pd.DataFrame:
+    """Rows in the shared column order, best first, rounded, without empty columns."""
+    columns = [c for c in LEADING if any(c in row for row in rows) or c in ALWAYS]
+    columns += [key for key in config_keys if key not in columns] + TRAILING
+    table = pd.DataFrame(rows, columns=columns)
+    if table.empty:
+        return table
+    table["_order"] = table[STATE].map(lambda state: ORDER.get(state, 5))
+    rungs = [RUNG] if RUNG in table and table[RUNG].notna().any() else []  # asha: highest rung first
+    by = ["_order", *rungs, METRIC] + ([TRIAL] if TRIAL in table else [])
+    ascending = [True, *[False] * len(rungs), False, True][: len(by)]
+    table = table.sort_values(by, ascending=ascending, na_position="last")
+    table = table.drop(columns="_order").reset_index(drop=True)
+    return rounded(drop_empty(table))
+
+
+def drop_empty(table: pd.DataFrame) -> pd.DataFrame:
+    empty = [
+        column
+        for column in table.columns
+        if column not in ALWAYS and table[column].map(lambda v: v is None or v == "" or pd.isna(v)).all()
+    ]
+    return table.drop(columns=empty)
+
+
+def rounded(table: pd.DataFrame) -> pd.DataFrame:
+    """Accuracies to 4 decimals, durations to 0.1 s, other figures to 4 significant digits."""
+    table = table.copy()
+    for column in table.columns:
+        values = table[column]
+        if column in (METRIC, TEST_METRIC):
+            table[column] = pd.to_numeric(values, errors="coerce").round(4)
+        elif column == DURATION:
+            table[column] = pd.to_numeric(values, errors="coerce").round(1)
+        elif column in (TRIAL, EPOCHS, RUNG):
+            table[column] = pd.to_numeric(values, errors="coerce").astype("Int64")
+        elif values.map(lambda v: isinstance(v, float)).any():
+            table[column] = values.map(significant)
+    return table
+
+
+def significant(value: Any, digits: int = 4) -> Any:
+    if isinstance(value, float) and value == value:  # not NaN
+        return float(f"{value:.{digits}g}")
+    return value
+
+
+def format_value(value: Any) -> str:
+    """A config value as the terminal shows it: 0.00123, 0.31, cnn."""
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def describe_config(config: Mapping[str, Any]) -> str:
+    return " ".join(f"{key}={format_value(value)}" for key, value in config.items())

@@ -1,0 +1,188 @@
+"""What went into a run and what came out, in MLflow's own terms: the data set as a dataset
+input, the model as an MLflow model (Keras flavor, registered by name), and the machine's load
+as system metrics. The MLflow UI shows them in its Dataset, Models and System metrics views.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import types
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow import MlflowClient
+from mlflow.data.dataset_source import DatasetSource
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import DatasetInput, InputTag
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+from mlflow.types import Schema, TensorSpec
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+from study.data import Dataset
+
+log = logging.getLogger(__name__)
+
+# MLflow's SQL stores keep at most 36 characters of a dataset digest; the full one is the
+# run's `data.digest` tag, which starts with this.
+DATASET_DIGEST_LENGTH = 36
+MODEL_NAME = "model"  # the logged model's name inside its run
+INPUT_EXAMPLE_SIZE = 5
+
+# MLflow logs every start and stop of its monitor at INFO: a line per trial in every log.
+logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+
+
+class LibrarySource(DatasetSource):
+    """A data set that a library loads by name (keras.datasets.mnist, scikit-learn's digits)."""
+
+    def __init__(self, loader: str):
+        self.loader = loader
+
+    @staticmethod
+    def _get_source_type() -> str:
+        return "library"
+
+    def load(self, **kwargs) -> Any:
+        raise NotImplementedError(f"load it with {self.loader}")
+
+    @staticmethod
+    def _can_resolve(raw_source: Any) -> bool:
+        return False  # made explicitly, never guessed from a string
+
+    @classmethod
+    def _resolve(cls, raw_source: Any) -> LibrarySource:
+        return cls(str(raw_source))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"loader": self.loader}
+
+    @classmethod
+    def from_dict(cls, source_dict: dict[Any, Any]) -> LibrarySource:
+        return cls(source_dict["loader"])
+
+
+def dataset_source(source: str) -> DatasetSource:
+    """A local folder or file as MLflow's local source; a library loader by its name."""
+    if source.startswith("/"):
+        with warnings.catch_warnings():
+            # MLflow registers its local-file source twice and warns that both match.
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            return resolve_dataset_source(source)
+    return LibrarySource(source)
+
+
+def log_dataset(client: MlflowClient, run_id: str, dataset: Dataset) -> None:
+    """The run's data set as a dataset input: name, source, digest and the images' shape."""
+    schema = Schema(
+        [
+            TensorSpec(np.dtype(dataset.x_train.dtype), (-1, *dataset.image_shape), "image"),
+            TensorSpec(np.dtype(dataset.y_train.dtype), (-1,), "label"),
+        ]
+    )
+    meta = MetaDataset(
+        dataset_source(dataset.source),
+        name=dataset.name,
+        digest=dataset.digest.removeprefix("sha256:")[:DATASET_DIGEST_LENGTH],
+        schema=schema,
+    )
+    context = InputTag(key=MLFLOW_DATASET_CONTEXT, value="training")
+    client.log_inputs(run_id, datasets=[DatasetInput(meta._to_mlflow_entity(), tags=[context])])
+
+
+def log_keras_model(
+    tracking_uri: str,
+    run_id: str,
+    model,
+    images: np.ndarray,
+    registered_model: str | None = None,
+) -> mlflow.models.model.ModelInfo:
+    """Log a Keras model on a run as an MLflow model with its signature and an input example;
+    register it under `registered_model` when given. Loadable with `mlflow.pyfunc.load_model`
+    and servable with `mlflow models serve`."""
+    import keras
+
+    from study.backend import package_versions
+
+    example = images[:INPUT_EXAMPLE_SIZE]
+    signature = mlflow.models.infer_signature(example, model.predict(example, verbose=0))
+    versions = package_versions()
+    backend = keras.backend.backend()
+    # Named here, the requirements need no inference (a subprocess that loads the model again).
+    requirements = [f"keras=={versions['keras']}", f"mlflow=={versions['mlflow']}"]
+    if backend in versions:
+        requirements.append(f"{backend}=={versions[backend]}")
+    # MLflow's model logging reads the global URI and, for the model's own record and its
+    # artifacts, the active experiment: the run's, not "Default" with ./mlruns in the cwd.
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment_id=MlflowClient(tracking_uri).get_run(run_id).info.experiment_id)
+    return mlflow.models.Model.log(
+        artifact_path=None,  # deprecated for `name`, yet still a required argument
+        name=MODEL_NAME,
+        flavor=keras_flavor(),
+        model=model,
+        run_id=run_id,
+        signature=signature,
+        input_example=example,
+        pip_requirements=requirements,
+        registered_model_name=registered_model,
+        await_registration_for=60,
+        # The example is not replayed through a scoring server at logging time (seconds, and
+        # Keras progress bars in the log): the tests load the registered model and predict.
+        validate_serving_input=False,
+    )
+
+
+def keras_flavor() -> types.SimpleNamespace:
+    """mlflow.keras itself, except that its save_model writes the input example before it
+    creates the model's folder (mlflow/mlflow#16183, open in MLflow 3.17): made first here.
+    Imported when a model is logged: mlflow.keras loads Keras and its backend."""
+    import mlflow.keras
+
+    def save_model(path: str, validate_serving_input: bool = True, **kwargs) -> None:
+        os.makedirs(path, exist_ok=True)
+        mlflow.keras.save_model(path=path, **kwargs)
+
+    return types.SimpleNamespace(__name__=mlflow.keras.__name__, save_model=save_model)
+
+
+class _Monitor(SystemMetricsMonitor):
+    """MLflow's monitor, counting what it published."""
+
+    published = 0
+
+    def publish_metrics(self, metrics) -> None:
+        super().publish_metrics(metrics)
+        self.published += 1
+
+
+@contextlib.contextmanager
+def system_metrics(tracking_uri: str, run_id: str, interval: float | None) -> Iterator[None]:
+    """CPU, memory, disk, network and (with nvidia-ml-py and a GPU) GPU use of the machine,
+    sampled every `interval` seconds into the run's `system/*` metrics while the block runs.
+    A run shorter than one interval still gets the sample taken at its start."""
+    if not interval:
+        yield
+        return
+    try:
+        monitor = _Monitor(run_id, sampling_interval=interval, tracking_uri=tracking_uri)
+        monitor.start()
+    except Exception as error:  # psutil missing, say: the run matters more than its charts
+        log.warning("system metrics off: %s", error)
+        yield
+        return
+    try:
+        yield
+    finally:
+        monitor.finish()
+        if not monitor.published:
+            try:
+                monitor.publish_metrics(monitor.aggregate_metrics())
+                monitor.mlflow_logger.flush()
+            except Exception as error:
+                log.warning("system metrics not logged: %s", error)

@@ -1,0 +1,386 @@
+"""What the terminal shows while a study runs.
+
+In a terminal, a live display (rich) under the scrolling output: one line per running trial
+(its number, sampled values, epoch k/n, latest val_accuracy, elapsed time) and a study line
+(done / pruned / failed, the best trial so far, elapsed time, an ETA from the trials finished so
+far). Above it, one permanent line per finished trial with its outcome. When stdout is not a
+terminal (CI, `| tee`), the same events as plain lines: a trial started, an epoch reported, a
+trial finished, and the study line after each finish and every minute.
+
+Its input is what the driver reads each poll anyway: the study's FrozenTrials (workers report
+val_accuracy after each epoch, so `len(trial.intermediate_values)` is the epoch reached) and the
+trial counts.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import statistics
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from study.leaderboard import (
+    METRIC,
+    describe_config,
+    format_value,
+    short_error,
+    space_targets,
+    trial_config,
+)
+from study.scheduler import best_trial, config_of, rung_of
+from study.storage import MLFLOW_RUN_ATTR, TrialCounts, trial_score
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+PLAIN_STUDY_LINE_SECONDS = 60.0
+REFRESHES_PER_SECOND = 2
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def elapsed(trial: FrozenTrial, now: datetime.datetime) -> float | None:
+    if trial.datetime_start is None:
+        return None
+    end = trial.datetime_complete or now
+    return (end - trial.datetime_start).total_seconds()
+
+
+def latest_value(trial: FrozenTrial) -> float | None:
+    values = trial.intermediate_values
+    return values[max(values)] if values else None
+
+
+class StudyProgress:
+    """Live display of a study; `update` once per poll, `close` at the end."""
+
+    def __init__(
+        self,
+        name: str,
+        n_trials: int,
+        epochs: int | None,
+        *,
+        targets: Mapping[str, str] | None = None,
+        workers: int = 1,
+        log_folder: Path | None = None,
+        console: Console | None = None,
+    ):
+        self.name = name
+        self.n_trials = n_trials
+        self.epochs = epochs  # None: a step budget decides (trainer.max_steps)
+        self.targets = dict(targets or {})  # Optuna param name -> the config key it sets
+        self.workers = max(1, workers)
+        self.console = console or Console(highlight=False)
+        self.live_mode = self.console.is_terminal
+        self.start = time.time()
+        self.announced: set[int] = set()  # finished trials already shown (or from earlier sessions)
+        self.started: set[int] = set()
+        self.epoch_shown: dict[int, int] = {}
+        self.last_study_line = 0.0
+        self.last_counts: TrialCounts | None = None
+        self.done: int | None = None  # scheduler=asha: configurations done (what n_trials counts)
+        self.live: Live | None = None
+        self.first = True
+        workers_text = f"{self.workers} worker{'s' if self.workers > 1 else ''}"
+        logs = f"; worker logs: {log_folder}/worker_N.log" if log_folder else ""
+        self._print(Text(f"study {name}: {n_trials} trials, {workers_text}{logs}"))
+
+    @classmethod
+    def from_settings(
+        cls, settings, epochs: int | None, workers: int, log_folder: Path | None = None
+    ) -> StudyProgress:
+        return cls(
+            settings.study.name,
+            settings.study.n_trials,
+            epochs,
+            targets=space_targets(settings.search_space),
+            workers=workers,
+            log_folder=log_folder,
+        )
+
+    # --- the poll ---------------------------------------------------------------------------
+
+    def update(
+        self, counts: TrialCounts, trials: list[FrozenTrial], force: bool = False, done: int | None = None
+    ) -> None:
+        """`done`: what study.n_trials counts, when not complete + pruned trials (asha)."""
+        self.done = done if done is not None else self.done
+        now = datetime.datetime.now()
+        if self.first:
+            self._skip_earlier_sessions(trials)
+            self.first = False
+        finished_now = False
+        for trial in sorted(trials, key=lambda t: t.number):
+            if trial.state in FINISHED and trial.number not in self.announced:
+                self.announced.add(trial.number)
+                self._print(self.finished_line(trial, trials, now))
+                finished_now = True
+            elif trial.state == TrialState.RUNNING and not self.live_mode:
+                self._plain_running(trial, now)
+        if self.live_mode:
+            self._live().update(self.render(counts, trials, now))
+            return
+        due = time.time() - self.last_study_line >= PLAIN_STUDY_LINE_SECONDS
+        if finished_now or due or (force and counts != self.last_counts):
+            self._print(self.study_line(counts, trials, now))
+            self.last_study_line, self.last_counts = time.time(), counts
+
+    def close(self, counts: TrialCounts | None = None, trials: list[FrozenTrial] | None = None) -> None:
+        """Stop the live display and leave the study line on the screen."""
+        if self.live is not None:
+            self._restore_logging()
+            self.live.stop()
+            self.live = None
+            if counts is not None and trials is not None:
+                self._print(self.study_line(counts, trials, datetime.datetime.now()))
+
+    # --- lines --------------------------------------------------------------------------------
+
+    def finished_line(self, trial: FrozenTrial, trials: list[FrozenTrial], now) -> Text:
+        values = self.values(trial)
+        took = format_duration(elapsed(trial, now))
+        line = Text(f"trial {trial.number:>3} ")
+        if trial.state == TrialState.COMPLETE:
+            line.append("complete", style="green")
+            line.append(f"  {METRIC} {trial.value:.4f}  {self.epoch_text(trial)}  {took}  {values}")
+            best = self.best(trials)
+            if best is not None and best.number == trial.number:
+                line.append("  best so far", style="bold green")
+        elif trial.state == TrialState.PRUNED:
+            line.append(f"pruned at epoch {len(trial.intermediate_values)}", style="yellow")
+            score = trial_score(trial)
+            score_text = f"{score:.4f}" if score is not None else "-"
+            line.append(f"  {METRIC} {score_text}  {took}  {values}")
+        else:
+            line.append(f"failed: {short_error(trial)}", style="red")
+            line.append(f"  {took}  {values}")
+        return line
+
+    def study_line(self, counts: TrialCounts, trials: list[FrozenTrial], now) -> Text:
+        line = Text(f"study {self.name}: {self._done(counts)}/{self.n_trials} done")
+        line.append(f" ({counts.complete} complete, {counts.pruned} pruned), {counts.failed} failed")
+        line.append(f", {counts.running} running")
+        best = self.best(trials)
+        if best is not None:
+            line.append(f" | best {METRIC} {best.value:.4f} (trial {best.number})", style="bold")
+        line.append(f" | elapsed {format_duration(time.time() - self.start)}")
+        eta = self.eta(counts, trials, now)
+        if eta is not None:
+            line.append(f" | ETA {format_duration(eta)}")
+        return line
+
+    def render(self, counts: TrialCounts, trials: list[FrozenTrial], now) -> Group:
+        table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+        for column in ("trial", "values", "epoch", METRIC, "elapsed"):
+            table.add_column(column, no_wrap=column != "values", overflow="fold")
+        for trial in trials:
+            if trial.state != TrialState.RUNNING:
+                continue
+            value = latest_value(trial)
+            table.add_row(
+                str(trial.number),
+                self.values(trial, short=True),
+                self.epoch_text(trial),
+                f"{value:.4f}" if value is not None else "-",
+                format_duration(elapsed(trial, now)),
+            )
+        bar = ProgressBar(total=max(1, self.n_trials), completed=self._done(counts), width=24)
+        footer = Table.grid(padding=(0, 1))
+        footer.add_row(bar, self.study_line(counts, trials, now))
+        return Group(table, footer) if table.row_count else Group(footer)
+
+    # --- pieces -------------------------------------------------------------------------------
+
+    def values(self, trial: FrozenTrial, short: bool = False) -> str:
+        config = trial_config(trial, self.targets)
+        if short:  # the live table is narrow: learning_rate=0.01, not optimizer.learning_rate=0.01
+            return " ".join(f"{key.rsplit('.', 1)[-1]}={format_value(v)}" for key, v in config.items())
+        return describe_config(config)
+
+    def epoch_text(self, trial: FrozenTrial) -> str:
+        done = len(trial.intermediate_values)
+        return f"epoch {done}/{self.epochs}" if self.epochs else f"epoch {done}"
+
+    def _done(self, counts: TrialCounts) -> int:
+        return counts.done if self.done is None else self.done
+
+    @staticmethod
+    def best(trials: list[FrozenTrial]) -> FrozenTrial | None:
+        return best_trial(trials)  # with scheduler=asha: the best of the highest rung
+
+    def eta(self, counts: TrialCounts, trials: list[FrozenTrial], now) -> float | None:
+        """Seconds left: trials still to start at the mean duration of the finished ones, plus
+        what the running ones have left of it, shared among the workers."""
+        durations = [elapsed(t, now) for t in trials if t.state in FINISHED and t.datetime_complete]
+        durations = [d for d in durations if d is not None]
+        if not durations:
+            return None
+        mean = statistics.fmean(durations)
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        to_start = max(0, self.n_trials - self._done(counts) - len(running))
+        left = to_start * mean + sum(max(0.0, mean - (elapsed(t, now) or 0.0)) for t in running)
+        return left / self.workers
+
+    def _skip_earlier_sessions(self, trials: list[FrozenTrial]) -> None:
+        started = datetime.datetime.fromtimestamp(self.start)
+        earlier = [
+            t
+            for t in trials
+            if t.state in FINISHED and t.datetime_complete is not None and t.datetime_complete < started
+        ]
+        self.announced.update(t.number for t in earlier)
+        if earlier:
+            done = sum(t.state != TrialState.FAIL for t in earlier)
+            line = Text(f"study {self.name}: resumed with {done} trials done in earlier sessions")
+            best = self.best(earlier)
+            if best is not None:
+                line.append(f" (best {METRIC} {best.value:.4f}, trial {best.number})")
+            self._print(line)
+
+    def _plain_running(self, trial: FrozenTrial, now) -> None:
+        if MLFLOW_RUN_ATTR not in trial.user_attrs:
+            return  # still sampling its values
+        if trial.number not in self.started:
+            self.started.add(trial.number)
+            self._print(Text(f"trial {trial.number:>3} started  {self.values(trial)}"))
+        done = len(trial.intermediate_values)
+        if done and self.epoch_shown.get(trial.number) != done:
+            self.epoch_shown[trial.number] = done
+            took = format_duration(elapsed(trial, now))
+            value = latest_value(trial)
+            self._print(
+                Text(f"trial {trial.number:>3} {self.epoch_text(trial)}  {METRIC} {value:.4f}  {took}")
+            )
+
+    def _live(self) -> Live:
+        if self.live is None:
+            self.live = Live(console=self.console, refresh_per_second=REFRESHES_PER_SECOND, transient=True)
+            self.live.start()
+            self._route_logging_through_live()
+        return self.live
+
+    def _route_logging_through_live(self) -> None:
+        """Log records (a worker replaced, say) print above the live lines instead of through
+        them: console handlers write to rich's stand-ins for stdout and stderr while it runs."""
+        self.rerouted = []
+        streams = {id(sys.__stdout__): "stdout", id(sys.__stderr__): "stderr"}
+        for handler in logging.getLogger().handlers:
+            name = streams.get(id(getattr(handler, "stream", None)))
+            if isinstance(handler, logging.StreamHandler) and name:
+                self.rerouted.append((handler, handler.setStream(getattr(sys, name))))
+
+    def _restore_logging(self) -> None:
+        for handler, stream in getattr(self, "rerouted", []):
+            handler.setStream(stream)
+        self.rerouted = []
+
+    def _print(self, line: Text) -> None:
+        # soft_wrap: a long line stays one line in a log file, whatever width rich assumes
+        self.console.print(line, soft_wrap=True)
+
+
+# --- the end of a study -------------------------------------------------------------------------
+
+DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"  # what study.report and study.reproduce assume
+
+
+def final_summary(
+    study,
+    settings,
+    tracking_uri: str,
+    study_dir: Path,
+    summary: Mapping,
+    targets: Mapping[str, str],
+) -> str:
+    """What won, by how much over the runner-up and over the baseline, and the commands to
+    look further."""
+    from study.leaderboard import BASELINE_ATTR
+    from study.tracking import mask_secrets
+
+    trials = study.get_trials(deepcopy=False)
+    name = settings.study.name
+    lines = [""]
+    complete = sorted(
+        (t for t in trials if t.state == TrialState.COMPLETE and t.value is not None),
+        key=lambda t: (-rung_of(t), -t.value, t.number),  # scheduler=asha: the highest rung first
+    )
+    firsts = {config_of(t): t for t in reversed(complete)}  # asha: a configuration once, at its best
+    complete = [t for t in complete if firsts[config_of(t)] is t]
+    if not complete:
+        lines.append(f"study {name}: no trial completed, so nothing won")
+    else:
+        best = complete[0]
+        test = summary.get("best_trial_test_accuracy")
+        test_text = f", test_accuracy {test:.4f}" if test is not None else ""
+        lines.append(f"winner: trial {best.number}, {METRIC} {best.value:.4f}{test_text}")
+        lines.append(f"  {describe_config(trial_config(best, targets))}")
+        if len(complete) > 1:
+            runner_up = complete[1]
+            margin = best.value - runner_up.value
+            lead = f"{margin:+.4f} over" if margin > 0 else "tied with"
+            lines.append(f"  {lead} the runner-up, trial {runner_up.number} ({runner_up.value:.4f})")
+        lines.extend(_baseline_lines(trials, best, BASELINE_ATTR))
+    uri = mask_secrets(tracking_uri)
+    uri_option = "" if uri == DEFAULT_TRACKING_URI else f" --tracking-uri {uri}"
+    local_store = uri.startswith(("sqlite:", "file:")) or "://" not in uri
+    looks = [
+        ("leaderboard, plots", f"{study_dir}/leaderboard.csv, {study_dir}/plots/"),
+        ("MLflow UI", f"mlflow ui --backend-store-uri {uri}" if local_store else uri),
+        ("table", f"python -m study.report --study {name}{uri_option}"),
+    ]
+    run_id = summary.get("best_trial_run_id")
+    if run_id:
+        looks.append(("replay the winner", f"python -m study.reproduce {run_id}{uri_option}"))
+    model_uri = summary.get("best_trial_model_uri")
+    if model_uri:
+        looks.append(
+            (
+                "serve the winner",
+                f"MLFLOW_TRACKING_URI={uri} mlflow models serve -m {model_uri} --env-manager local -p 5001",
+            )
+        )
+    looks.append(("TensorBoard", f"tensorboard --logdir {study_dir / 'tensorboard'}"))
+    looks.append(
+        (
+            "Optuna dashboard",
+            f'optuna-dashboard {mask_secrets(settings.study.storage)}  (pip install -e ".[dashboard]")',
+        )
+    )
+    lines.append("look further:")
+    width = max(len(label) for label, _ in looks)
+    lines.extend(f"  {label:<{width}}  {command}" for label, command in looks)
+    return "\n".join(lines)
+
+
+def _baseline_lines(trials: list[FrozenTrial], best: FrozenTrial, attr: str) -> list[str]:
+    baseline = next((t for t in trials if t.user_attrs.get(attr)), None)
+    if baseline is None:
+        return []
+    if baseline.number == best.number:
+        return [f"  the baseline won (trial {baseline.number}, the base config): nothing searched beat it"]
+    score = trial_score(baseline)
+    if score is None:
+        return [f"  the baseline, trial {baseline.number}, ended {baseline.state.name} without a score"]
+    pruned = (
+        f", pruned at epoch {len(baseline.intermediate_values)}"
+        if baseline.state == TrialState.PRUNED
+        else ""
+    )
+    return [f"  {best.value - score:+.4f} over the baseline, trial {baseline.number} ({score:.4f}{pruned})"]
