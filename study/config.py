@@ -109,6 +109,9 @@ class TrainerConfig:
     # Keras dtype policy: float32, or mixed_float16 / mixed_bfloat16 (GPUs with tensor cores).
     precision: str = "float32"
     verbose: int = 2  # Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch
+    # One fit per epoch, each epoch's data order and dropout drawn from (seed, epoch): a run can
+    # stop and resume at any step with the same numbers (scheduler=asha trains its trials so).
+    resumable: bool = False
 
 
 @dataclass

@@ -111,7 +111,7 @@ class TrialObjective:
             if config == trial.number:  # a new configuration (a promotion continues its run)
                 trial.set_user_attr(MLFLOW_RUN_ATTR, tracker.run_id)
                 write_hparams(logdir, trial.params, trial_id=f"trial_{trial.number:04d}")
-            cfg = self.compose(as_overrides(sampled))
+            cfg = self.compose([*as_overrides(sampled), *self._budget(segment)])
             keras.backend.clear_session()  # each trial builds its model in a fresh graph
             metrics = train(
                 cfg,
@@ -139,6 +139,15 @@ class TrialObjective:
         trial.set_user_attr(scheduler.RUNG_ATTR, rung)  # a retry keeps it
         start, stop = self.ladder.segment(rung, first=not promotion)
         return Segment(start, stop, self.ladder.unit), scheduler.config_of(frozen)
+
+    @staticmethod
+    def _budget(segment) -> list[str]:
+        """A segment's config trains the run up to the segment's end, resumably: its config.yaml
+        then replays the run as far as it went (`study.train`, `study.reproduce`)."""
+        if segment is None:
+            return []
+        key = "trainer.max_steps" if segment.unit == "steps" else "trainer.epochs"
+        return ["trainer.resumable=true", f"{key}={segment.stop}"]
 
     def _open_run(
         self, trial: optuna.Trial, frozen: FrozenTrial, trials: list[FrozenTrial], config: int

@@ -94,6 +94,9 @@ def train(
     then covers its earlier segments too.
     """
     cfg = checked_config(cfg)
+    if segment is None and cfg.trainer.resumable:  # a replay of a trial of scheduler=asha, say
+        budget = cfg.trainer.max_steps
+        segment = Segment(0, budget, "steps") if budget is not None else Segment(0, cfg.trainer.epochs)
     dataset = load_dataset(cfg.data, cfg.trainer.seed)  # the last input check: data files
     with tempfile.TemporaryDirectory(prefix="study-") as scratch:
         folder = Path(output_dir) if output_dir is not None else Path(scratch)

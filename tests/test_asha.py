@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from study import report, scheduler
+from study import report, reproduce, scheduler
 from study.sweep import run_sweep
 from tests.conftest import compose_config
 from tests.test_sweep import all_runs, load, start_in_own_session, stores, sweep_command, wait_for
@@ -83,6 +83,9 @@ def test_asha_study_promotes_configurations_from_their_checkpoints(sweep_setup):
     assert list(board["rung"].iloc[: len(at_rung[2])]) == [2] * len(at_rung[2])
     assert board["trial"].iloc[0] == summary["best_trial"]
     assert board["role"].iloc[0].startswith("winner")
+    # The winner's config.yaml replays its run as far as it went (three segments) in one go.
+    winner_run = scheduler.best_trial(trials).user_attrs["mlflow_run_id"]
+    assert reproduce.main([winner_run, "--tracking-uri", f"sqlite:///{tmp_path / 'runs'}/mlflow.db"]) == 0
     # study.report shows the same table, from the stores.
     uri = f"sqlite:///{tmp_path / 'runs'}/mlflow.db"
     assert report.main(["--study", "default", "--tracking-uri", uri, "--output-dir", str(tmp_path)]) == 0
