@@ -348,9 +348,19 @@ from study.signals import WorkerSignals
 signals = WorkerSignals(grace_seconds=2)
 signals.install()
 print("ready", flush=True)
-while True:  # a library callback that swallows KeyboardInterrupt, as JAX's gc callback did
+
+
+def swallow():  # a library callback that swallows KeyboardInterrupt, as JAX's gc callback did
+    while True:
+        try:
+            time.sleep(0.05)
+        except KeyboardInterrupt:
+            pass
+
+
+while True:
     try:
-        time.sleep(0.05)
+        swallow()
     except KeyboardInterrupt:
         pass
 """

@@ -326,7 +326,8 @@ def test_too_many_failures_end_the_session_with_an_error(sweep_setup):
         {"model": "mlp", "optimizer": "sgd", "optimizer.learning_rate": 1e30, "model.dropout_rate": 0.0}
     )
     with pytest.raises(
-        StudyIncompleteError, match=r"0 of 2 trials done: 1 trials failed \(study.max_failed_trials\)"
+        StudyIncompleteError,
+        match=r"0 of 2 trials done: 1 trials failed in this session \(study.max_failed_trials\)",
     ):
         run_sweep(compose_config("sweep", overrides), overrides)
     _, client = stores(tmp_path)
