@@ -119,7 +119,7 @@ def train(
                 cfg, model, dataset, tracker, folder, logdir, on_epoch_end, evaluate_test, segment
             )
             if evaluate_test:  # a run of its own (not a trial): its best model, ready to serve
-                best = keras.saving.load_model(folder / "checkpoints" / "best.keras")
+                best = keras.saving.load_model(best_checkpoint(tracker, folder))
                 log_keras_model(cfg.mlflow.tracking_uri, tracker.run_id, best, dataset.x_test)
         log.info("run %s: best val_accuracy %.4f", tracker.run_id, metrics["best_val_accuracy"])
         return metrics
@@ -345,6 +345,16 @@ def load_last_checkpoint(tracker: RunTracker, folder: Path) -> keras.Model:
     destination.mkdir(parents=True, exist_ok=True)
     local = tracker.client.download_artifacts(tracker.run_id, LAST_CHECKPOINT, str(destination))
     return keras.saving.load_model(local)
+
+
+def best_checkpoint(tracker: RunTracker, folder: Path) -> Path:
+    """The run's best model: this run's, or an earlier segment's that this one did not beat."""
+    local = folder / "checkpoints" / "best.keras"
+    if local.exists():
+        return local
+    destination = folder / "resume"
+    destination.mkdir(parents=True, exist_ok=True)
+    return Path(tracker.client.download_artifacts(tracker.run_id, "checkpoints/best.keras", str(destination)))
 
 
 def earlier_val_accuracy(tracker: RunTracker, up_to: int) -> list[tuple[int, float]]:
