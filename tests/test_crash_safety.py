@@ -372,6 +372,7 @@ def test_a_worker_whose_interrupt_is_swallowed_still_exits(tmp_path):
     )
     try:
         assert worker.stdout.readline().strip() == "ready"
+        time.sleep(0.5)  # inside the swallowing loop, not still returning from print()
         os.kill(worker.pid, signal.SIGTERM)  # what the driver (or its death) sends
         assert worker.wait(timeout=15) == 130
     finally:
