@@ -175,6 +175,7 @@ def sweep_overrides(args: argparse.Namespace, name: str, n_trials: int) -> list[
         "search_space=learning_rate",
         "sampler=random",
         "pruner=none",
+        "scheduler=none",  # one trial per configuration, each one fit: what these tables time
         "trainer.verbose=0",
         *args.override,
     ]

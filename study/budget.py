@@ -5,6 +5,11 @@ ask `judge`, so they never disagree. Every failed trial of this session counts a
 `study.max_failed_trials`, whatever raised and where (a config error, an MLflow store that
 cannot be written, a dead worker), except a trial that ended at once because the study no
 longer needed it.
+
+With scheduler=asha (`ladder` given), study.n_trials counts configurations, not trials: the
+study is done when that many finished their first segment and no promotion is due, waiting or
+running (study/scheduler.py), and a worker may start a trial while a promotion is due, a trial
+waits, or configurations are missing.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass
 from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
+from study import scheduler
 from study.names import NOT_NEEDED_ATTR
 
 
@@ -57,10 +63,20 @@ class Verdict:
     failed_this_session: int
     max_failed: int
     stop: str | None  # DONE, TOO_MANY_FAILURES, TIMEOUT or None
+    configurations_done: int | None = None  # asha: configurations that finished their first segment
+    work_left: bool | None = None  # asha: a promotion is due, a trial waits, configurations are missing
+    promotion: scheduler.Promotion | None = None  # asha: the promotion due now
+
+    @property
+    def done(self) -> int:
+        """What study.n_trials counts: complete and pruned trials, or with asha configurations."""
+        return self.counts.done if self.configurations_done is None else self.configurations_done
 
     @property
     def may_start_trial(self) -> bool:
         """A new trial is wanted: the running ones alone cannot reach n_trials."""
+        if self.work_left is not None:
+            return self.stop is None and self.work_left
         return self.stop is None and self.counts.done + self.counts.running < self.n_trials
 
     def reason(self) -> str:
@@ -89,6 +105,7 @@ def judge(
     session_start: float,
     deadline: float | None,
     now: float | None = None,
+    ladder: scheduler.Ladder | None = None,
 ) -> Verdict:
     """Where the study and this session stand, from one fetch of the trials."""
     now = time.time() if now is None else now
@@ -97,11 +114,21 @@ def judge(
     limit = settings.study.max_failed_trials
     max_failed = n_trials if limit is None else limit
     failed = failed_in_session(trials, session_start)
+    asha: dict = {}
+    if ladder is not None:
+        promotion = scheduler.next_promotion(trials, ladder)
+        missing = scheduler.may_start_configuration(trials, n_trials)
+        asha = {
+            "configurations_done": scheduler.configurations_done(trials),
+            "work_left": promotion is not None or counts.waiting > 0 or missing,
+            "promotion": promotion,
+        }
+    finished = scheduler.is_done(trials, n_trials, ladder) if ladder is not None else counts.done >= n_trials
     stop = None
-    if counts.done >= n_trials:
+    if finished:
         stop = DONE
     elif failed >= max_failed:
         stop = TOO_MANY_FAILURES
     elif deadline is not None and now >= deadline:
         stop = TIMEOUT
-    return Verdict(counts, n_trials, failed, max_failed, stop)
+    return Verdict(counts, n_trials, failed, max_failed, stop, **asha)

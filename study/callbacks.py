@@ -89,8 +89,16 @@ class BestCheckpoint(keras.callbacks.ModelCheckpoint):
 
     async_safe = True
 
-    def __init__(self, path: Path):
-        super().__init__(path, monitor="val_accuracy", mode="max", save_best_only=True, save_freq="epoch")
+    def __init__(self, path: Path, best_so_far: float | None = None):
+        # best_so_far: a resumed run saves only a model better than its earlier segments' best.
+        super().__init__(
+            path,
+            monitor="val_accuracy",
+            mode="max",
+            save_best_only=True,
+            save_freq="epoch",
+            initial_value_threshold=best_so_far,
+        )
 
 
 class StepBudget(keras.callbacks.Callback):

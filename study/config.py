@@ -163,6 +163,9 @@ class TrainerConfig:
     )
     # Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.
     verbose: int = field(default=2, metadata=must("0, 1 or 2", lambda v: v in (0, 1, 2)))
+    # One fit per epoch, each epoch's data order and dropout drawn from (seed, epoch): a run can
+    # stop and resume at any step with the same numbers (scheduler=asha trains its trials so).
+    resumable: bool = False
 
 
 @dataclass
@@ -322,12 +325,43 @@ class NopPrunerConfig:
 
 
 @dataclass
+class NoSchedulerConfig:
+    """Every trial trains its whole budget in one go; the pruner may stop it early."""
+
+    name: str = "none"
+
+
+RESOURCE_UNITS = ("epochs", "steps")
+
+
+@dataclass
+class AshaSchedulerConfig:
+    """Asynchronous successive halving with promotion (study/scheduler.py)."""
+
+    name: str = "asha"
+    # The first rung's budget, in resource_unit.
+    min_resource: int = field(default=1, metadata=at_least(1))
+    # eta: the top 1/eta of a rung goes on; budgets grow eta-fold.
+    reduction_factor: int = field(default=3, metadata=at_least(2))
+    # The top rung's budget; null: trainer.epochs (see scheduler.py).
+    max_resource: int | None = field(default=None, metadata=at_least(1, optional=True))
+    # epochs | steps (optimizer steps: a rung may end mid-epoch).
+    resource_unit: str = field(
+        default="epochs", metadata=must(" or ".join(RESOURCE_UNITS), lambda v: v in RESOURCE_UNITS)
+    )
+    brackets: int = field(
+        default=1, metadata=at_least(1)
+    )  # Hyperband brackets over ASHA: bracket b starts at rung b
+
+
+@dataclass
 class SweepStudyPart:
     """What a study adds to the train config."""
 
     study: StudyConfig = field(default_factory=StudyConfig)
     sampler: Any = MISSING
     pruner: Any = MISSING
+    scheduler: Any = MISSING
     search_space: dict[str, ParamSpec] = field(default_factory=dict)
 
 
@@ -336,7 +370,7 @@ class SweepConfig(TrainConfig, SweepStudyPart):
     """The primary schema of `conf/sweep.yaml`: the train config plus the study part."""
 
 
-SWEEP_KEYS = ("study", "sampler", "pruner", "search_space")
+SWEEP_KEYS = ("study", "sampler", "pruner", "scheduler", "search_space")
 
 # Group option name -> schema. `checked_config` picks the schema from the node's `name`.
 SCHEMAS: dict[str, dict[str, type]] = {
@@ -359,6 +393,7 @@ SWEEP_SCHEMAS: dict[str, dict[str, type]] = {
         "threshold": ThresholdPrunerConfig,
         "none": NopPrunerConfig,
     },
+    "scheduler": {"none": NoSchedulerConfig, "asha": AshaSchedulerConfig},
 }
 
 
@@ -440,6 +475,11 @@ def checked_sweep_config(cfg: DictConfig) -> DictConfig:
     except OmegaConfBaseException as error:
         raise ConfigError(describe_omegaconf_error(error)) from None
     check_fields(typed)
+    if typed.scheduler.name == "asha" and typed.pruner.name != "none":
+        raise ConfigError(
+            "pruner: expected none with scheduler=asha (the scheduler decides which trials go on; "
+            f"or pick scheduler=none to prune), got {typed.pruner.name!r}"
+        )
     if not typed.search_space:
         raise ConfigError("search_space: expected at least one entry, got an empty search space")
     if typed.pruner.name == "threshold" and typed.pruner.lower is None and typed.pruner.upper is None:

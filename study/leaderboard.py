@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from study.scheduler import RUNG_ATTR, best_trial, rung_of
 from study.storage import FAIL_REASON_ATTR, MLFLOW_RUN_ATTR, NOT_NEEDED_ATTR, trial_score
 
 # Column names, shared by every table (and by the terminal summary).
@@ -23,6 +24,7 @@ STUDY = "study"
 TRIAL = "trial"
 RUN_NAME = "run_name"
 STATE = "state"
+RUNG = "rung"  # scheduler=asha: the rung a trial trained up to; the highest ranks first
 METRIC = "val_accuracy"  # what a study maximizes: the best validation accuracy of a run
 TEST_METRIC = "test_accuracy"
 EPOCHS = "epochs"
@@ -30,7 +32,7 @@ DURATION = "duration_s"
 ROLE = "role"
 ERROR = "error"
 RUN_ID = "run_id"
-LEADING = [STUDY, TRIAL, RUN_NAME, STATE, METRIC, TEST_METRIC, EPOCHS, DURATION, ROLE]
+LEADING = [STUDY, TRIAL, RUN_NAME, STATE, RUNG, METRIC, TEST_METRIC, EPOCHS, DURATION, ROLE]
 TRAILING = [ERROR, RUN_ID]
 ALWAYS = {TRIAL, STATE, RUN_ID}  # kept even when empty: a table of nothing still says what it lists
 
@@ -74,6 +76,7 @@ def trial_row(
     return {
         TRIAL: trial.number,
         STATE: trial.state.name,
+        RUNG: rung_of(trial) if RUNG_ATTR in trial.user_attrs else None,
         METRIC: trial_score(trial),
         TEST_METRIC: test if trial.number == best else None,
         EPOCHS: len(trial.intermediate_values),
@@ -86,8 +89,8 @@ def trial_row(
 
 
 def best_trial_number(trials: Iterable[FrozenTrial]) -> int | None:
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    return max(complete, key=lambda t: (t.value, -t.number)).number if complete else None
+    best = best_trial(trials)  # with scheduler=asha: the best of the highest rung
+    return best.number if best is not None else None
 
 
 def trials_table(
@@ -108,8 +111,10 @@ def leaderboard(rows: list[dict[str, Any]], config_keys: list[str]) -> pd.DataFr
     if table.empty:
         return table
     table["_order"] = table[STATE].map(lambda state: ORDER.get(state, 5))
-    by = ["_order", METRIC] + ([TRIAL] if TRIAL in table else [])
-    table = table.sort_values(by, ascending=[True, False, True][: len(by)], na_position="last")
+    rungs = [RUNG] if RUNG in table and table[RUNG].notna().any() else []  # asha: highest rung first
+    by = ["_order", *rungs, METRIC] + ([TRIAL] if TRIAL in table else [])
+    ascending = [True, *[False] * len(rungs), False, True][: len(by)]
+    table = table.sort_values(by, ascending=ascending, na_position="last")
     table = table.drop(columns="_order").reset_index(drop=True)
     return rounded(drop_empty(table))
 
@@ -132,7 +137,7 @@ def rounded(table: pd.DataFrame) -> pd.DataFrame:
             table[column] = pd.to_numeric(values, errors="coerce").round(4)
         elif column == DURATION:
             table[column] = pd.to_numeric(values, errors="coerce").round(1)
-        elif column in (TRIAL, EPOCHS):
+        elif column in (TRIAL, EPOCHS, RUNG):
             table[column] = pd.to_numeric(values, errors="coerce").astype("Int64")
         elif values.map(lambda v: isinstance(v, float)).any():
             table[column] = values.map(significant)

@@ -26,3 +26,5 @@ STUDY_NAME_TAG = "study.name"
 STUDY_ROLE_TAG = "study.role"  # "parent" on the study's parent run
 ERROR_TAG = "error"  # one short line; the whole traceback is the run's error.txt artifact
 NOTE_TAG = "mlflow.note.content"  # the run description the MLflow UI shows
+RUNG_TAG = "study.rung"  # scheduler=asha: the highest rung the configuration's run completed
+CONFIG_TAG = "study.config"  # scheduler=asha: the number of the configuration's first trial

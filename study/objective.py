@@ -16,12 +16,15 @@ from omegaconf import DictConfig
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from study import scheduler
 from study.names import (
+    CONFIG_TAG,
     FAIL_REASON_ATTR,
     MLFLOW_RUN_ATTR,
     NOT_NEEDED_ATTR,
     OPTUNA_STUDY_TAG,
     RETRY_OF_TAG,
+    RUNG_TAG,
     STUDY_NAME_TAG,
     TRIAL_NUMBER_TAG,
     WORKER_ATTR,
@@ -56,6 +59,7 @@ class TrialObjective:
         parent_run_id: str,
         study_dir: Path,
         signals: WorkerSignals | None = None,
+        ladder: scheduler.Ladder | None = None,
     ):
         self.base = base  # the checked train part of the sweep config
         self.settings = settings  # the checked study part
@@ -65,6 +69,7 @@ class TrialObjective:
         self.study_dir = study_dir
         self.signals = signals or WorkerSignals()
         self.current: optuna.Trial | None = None  # the trial this worker runs now
+        self.ladder = ladder  # scheduler=asha: the rungs; None: each trial trains its whole budget
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.current = trial
@@ -97,22 +102,16 @@ class TrialObjective:
         from study.train import train
 
         trials = trial.study.get_trials(deepcopy=False)
-        self._refuse_surplus(trial, trials)
-        sampled = self.space.sample(trial, self.base)
         frozen = next(other for other in trials if other.number == trial.number)
-        trial_run = TrialRun.start(
-            self.base.mlflow,
-            run_name=f"{self.settings.study.name}-trial-{trial.number:04d}",
-            tags=self._tags(trial, frozen),
-            parent_run_id=self.parent_run_id,
-        )
-        with trial_run as tracker:
-            trial.set_user_attr(MLFLOW_RUN_ATTR, tracker.run_id)
-            logdir = self.study_dir / "tensorboard" / f"trial_{trial.number:04d}"
-            write_hparams(logdir, trial.params, trial_id=f"trial_{trial.number:04d}")
-            cfg = self.compose(as_overrides(sampled))
-            import keras  # here: the driver imports this module before it checks the config
-
+        self._refuse_surplus(trial, trials, frozen)
+        sampled = self.space.sample(trial, self.base)
+        segment, config = self._segment(trial, frozen, trials)
+        with self._open_run(trial, frozen, trials, config) as tracker:
+            logdir = self.study_dir / "tensorboard" / f"trial_{config:04d}"
+            if config == trial.number:  # a new configuration (a promotion continues its run)
+                trial.set_user_attr(MLFLOW_RUN_ATTR, tracker.run_id)
+                write_hparams(logdir, trial.params, trial_id=f"trial_{trial.number:04d}")
+            cfg = self.compose([*as_overrides(sampled), *self._budget(segment)])
             keras.backend.clear_session()  # each trial builds its model in a fresh graph
             metrics = train(
                 cfg,
@@ -120,10 +119,54 @@ class TrialObjective:
                 tracker=tracker,
                 tensorboard_dir=logdir,
                 evaluate_test=False,  # the study's winner alone meets the test set, at the end
+                segment=segment,
             )
+            if segment is not None:
+                tracker.set_tags({RUNG_TAG: str(trial.user_attrs[scheduler.RUNG_ATTR])})
         value = metrics["best_val_accuracy"]
         log.info("trial %d: complete, val_accuracy %.4f", trial.number, value)
         return value
+
+    def _segment(self, trial: optuna.Trial, frozen: FrozenTrial, trials: list[FrozenTrial]):
+        """(the stretch this trial trains, its configuration's number): with scheduler=asha a
+        rung's worth; otherwise (None, the trial's own number), the whole budget."""
+        from study.train import Segment
+
+        if self.ladder is None:
+            return None, trial.number
+        promotion = scheduler.is_promotion(frozen)
+        rung = scheduler.rung_of(frozen) if promotion else scheduler.first_rung(frozen, trials, self.ladder)
+        trial.set_user_attr(scheduler.RUNG_ATTR, rung)  # a retry keeps it
+        start, stop = self.ladder.segment(rung, first=not promotion)
+        return Segment(start, stop, self.ladder.unit), scheduler.config_of(frozen)
+
+    @staticmethod
+    def _budget(segment) -> list[str]:
+        """A segment's config trains the run up to the segment's end, resumably: its config.yaml
+        then replays the run as far as it went (`study.train`, `study.reproduce`)."""
+        if segment is None:
+            return []
+        key = "trainer.max_steps" if segment.unit == "steps" else "trainer.epochs"
+        return ["trainer.resumable=true", f"{key}={segment.stop}"]
+
+    def _open_run(
+        self, trial: optuna.Trial, frozen: FrozenTrial, trials: list[FrozenTrial], config: int
+    ) -> TrialRun:
+        """A new run for a new configuration; a promotion reopens its configuration's run."""
+        tags = self._tags(trial, frozen)
+        if self.ladder is not None:
+            tags[CONFIG_TAG] = str(config)
+        if config == trial.number:
+            return TrialRun.start(
+                self.base.mlflow,
+                run_name=f"{self.settings.study.name}-trial-{trial.number:04d}",
+                tags=tags,
+                parent_run_id=self.parent_run_id,
+            )
+        run_id = next(t for t in trials if t.number == config).user_attrs[MLFLOW_RUN_ATTR]
+        trial.set_user_attr(MLFLOW_RUN_ATTR, run_id)  # first: a dead worker's cleanup ends this run
+        # The run's optuna.trial.number becomes this trial's: the trial that trains it now.
+        return TrialRun.resume(self.base.mlflow, run_id, tags)
 
     def _tags(self, trial: optuna.Trial, frozen: FrozenTrial) -> dict[str, str]:
         tags = {
@@ -137,8 +180,17 @@ class TrialObjective:
             tags[RETRY_OF_TAG] = str(retry_of)
         return tags
 
-    def _refuse_surplus(self, trial: optuna.Trial, trials: list[FrozenTrial]) -> None:
-        """Workers race for the last trials; the ones beyond study.n_trials end at once."""
+    def _refuse_surplus(self, trial: optuna.Trial, trials: list[FrozenTrial], frozen: FrozenTrial) -> None:
+        """Workers race for the last trials; the ones beyond study.n_trials end at once. With
+        scheduler=asha, so do configurations beyond n_trials and a promotion another trial does."""
+        if self.ladder is not None:
+            duplicate = scheduler.duplicate_of(frozen, trials)
+            if duplicate is not None:
+                raise NotNeeded(f"trial {duplicate.number} does the same promotion")
+            reason = scheduler.surplus_configuration(frozen, trials, self.settings.study.n_trials)
+            if reason is not None:
+                raise NotNeeded(reason)
+            return
         earlier_active = 0
         done = 0
         for other in trials:

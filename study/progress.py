@@ -37,6 +37,7 @@ from study.leaderboard import (
     space_targets,
     trial_config,
 )
+from study.scheduler import best_trial, config_of, rung_of
 from study.storage import MLFLOW_RUN_ATTR, TrialCounts, trial_score
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -94,6 +95,7 @@ class StudyProgress:
         self.epoch_shown: dict[int, int] = {}
         self.last_study_line = 0.0
         self.last_counts: TrialCounts | None = None
+        self.done: int | None = None  # scheduler=asha: configurations done (what n_trials counts)
         self.live: Live | None = None
         self.first = True
         workers_text = f"{self.workers} worker{'s' if self.workers > 1 else ''}"
@@ -115,7 +117,11 @@ class StudyProgress:
 
     # --- the poll ---------------------------------------------------------------------------
 
-    def update(self, counts: TrialCounts, trials: list[FrozenTrial], force: bool = False) -> None:
+    def update(
+        self, counts: TrialCounts, trials: list[FrozenTrial], force: bool = False, done: int | None = None
+    ) -> None:
+        """`done`: what study.n_trials counts, when not complete + pruned trials (asha)."""
+        self.done = done if done is not None else self.done
         now = datetime.datetime.now()
         if self.first:
             self._skip_earlier_sessions(trials)
@@ -168,7 +174,7 @@ class StudyProgress:
         return line
 
     def study_line(self, counts: TrialCounts, trials: list[FrozenTrial], now) -> Text:
-        line = Text(f"study {self.name}: {counts.done}/{self.n_trials} done")
+        line = Text(f"study {self.name}: {self._done(counts)}/{self.n_trials} done")
         line.append(f" ({counts.complete} complete, {counts.pruned} pruned), {counts.failed} failed")
         line.append(f", {counts.running} running")
         best = self.best(trials)
@@ -195,7 +201,7 @@ class StudyProgress:
                 f"{value:.4f}" if value is not None else "-",
                 format_duration(elapsed(trial, now)),
             )
-        bar = ProgressBar(total=max(1, self.n_trials), completed=counts.done, width=24)
+        bar = ProgressBar(total=max(1, self.n_trials), completed=self._done(counts), width=24)
         footer = Table.grid(padding=(0, 1))
         footer.add_row(bar, self.study_line(counts, trials, now))
         return Group(table, footer) if table.row_count else Group(footer)
@@ -212,10 +218,12 @@ class StudyProgress:
         done = len(trial.intermediate_values)
         return f"epoch {done}/{self.epochs}" if self.epochs else f"epoch {done}"
 
+    def _done(self, counts: TrialCounts) -> int:
+        return counts.done if self.done is None else self.done
+
     @staticmethod
     def best(trials: list[FrozenTrial]) -> FrozenTrial | None:
-        complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-        return max(complete, key=lambda t: (t.value, -t.number)) if complete else None
+        return best_trial(trials)  # with scheduler=asha: the best of the highest rung
 
     def eta(self, counts: TrialCounts, trials: list[FrozenTrial], now) -> float | None:
         """Seconds left: trials still to start at the mean duration of the finished ones, plus
@@ -226,7 +234,7 @@ class StudyProgress:
             return None
         mean = statistics.fmean(durations)
         running = [t for t in trials if t.state == TrialState.RUNNING]
-        to_start = max(0, self.n_trials - counts.done - len(running))
+        to_start = max(0, self.n_trials - self._done(counts) - len(running))
         left = to_start * mean + sum(max(0.0, mean - (elapsed(t, now) or 0.0)) for t in running)
         return left / self.workers
 
@@ -311,8 +319,10 @@ def final_summary(
     lines = [""]
     complete = sorted(
         (t for t in trials if t.state == TrialState.COMPLETE and t.value is not None),
-        key=lambda t: (-t.value, t.number),
+        key=lambda t: (-rung_of(t), -t.value, t.number),  # scheduler=asha: the highest rung first
     )
+    firsts = {config_of(t): t for t in reversed(complete)}  # asha: a configuration once, at its best
+    complete = [t for t in complete if firsts[config_of(t)] is t]
     if not complete:
         lines.append(f"study {name}: no trial completed, so nothing won")
     else:

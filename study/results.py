@@ -21,6 +21,7 @@ from study.config import checked_config
 from study.data import load_dataset
 from study.leaderboard import METRIC, trials_table
 from study.lineage import log_keras_model
+from study.scheduler import best_trial
 from study.storage import MLFLOW_RUN_ATTR, trial_score
 from study.tracking import RunTracker
 
@@ -221,7 +222,7 @@ def evaluate_winner(
     import keras
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    best = study.best_trial
+    best = best_trial(study.get_trials(deepcopy=False))  # with scheduler=asha: the best of the highest rung
     run_id = best.user_attrs[MLFLOW_RUN_ATTR]
     with tempfile.TemporaryDirectory(prefix="study-winner-") as scratch:
         config_file = client.download_artifacts(run_id, "config.yaml", scratch)

@@ -1,14 +1,20 @@
-"""Sampler registry: config group option -> Optuna sampler."""
+"""Sampler registry: config group option -> Optuna sampler; and, for scheduler=asha, the
+wrapper that makes a model-based sampler learn from one rung's results."""
 
 from __future__ import annotations
 
+import copy
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Container, Sequence
+from typing import Any
 
 import optuna
 from omegaconf import DictConfig
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, TrialState
 
 from study.config import ConfigError
+from study.scheduler import is_promotion, sampler_view
 from study.search_space import SearchSpace
 
 
@@ -46,3 +52,95 @@ SAMPLERS: dict[str, Callable[[DictConfig, SearchSpace, int], optuna.samplers.Bas
 
 def build_sampler(cfg: DictConfig, space: SearchSpace, worker_index: int = 0) -> optuna.samplers.BaseSampler:
     return SAMPLERS[cfg.name](cfg, space, worker_index)
+
+
+MODEL_BASED = ("tpe", "gp", "cmaes")  # samplers that learn from results (they have n_startup_trials)
+
+
+def for_scheduler(sampler: optuna.samplers.BaseSampler, settings: DictConfig) -> optuna.samplers.BaseSampler:
+    """The sampler a study's workers use: with scheduler=asha, a model-based sampler learns from
+    the results of one rung (`RungSampler`); otherwise it is used as it is."""
+    if settings.scheduler.name != "asha" or settings.sampler.name not in MODEL_BASED:
+        return sampler
+    return RungSampler(sampler, min_results=max(1, settings.sampler.n_startup_trials))
+
+
+class RungSampler(optuna.samplers.BaseSampler):
+    """A sampler that knows about budgets, as BOHB (Falkner et al., 2018) fits its model.
+
+    Under scheduler=asha a configuration has one trial per rung, valued at that rung's budget:
+    TPE fitted on all of them would mix results of different budgets and count a promoted
+    configuration several times. This wrapper shows the wrapped sampler the study as if it held
+    only the completed trials of the highest rung with at least `min_results` of them (rung 0
+    until then), plus the first segments still running (for the constant liar). Promotions
+    have fixed params and ask the wrapped sampler for nothing.
+    """
+
+    def __init__(self, sampler: optuna.samplers.BaseSampler, min_results: int):
+        self.sampler = sampler
+        self.min_results = min_results
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        if is_promotion(trial):
+            return {}
+        return self.sampler.infer_relative_search_space(RungView(study, self.min_results), trial)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if is_promotion(trial) or not search_space:
+            return {}
+        return self.sampler.sample_relative(RungView(study, self.min_results), trial, search_space)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        view = RungView(study, self.min_results)
+        return self.sampler.sample_independent(view, trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.sampler.before_trial(study, trial)
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        self.sampler.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.sampler.reseed_rng()
+
+
+class RungView:
+    """A study that lists only the trials `sampler_view` picks; everything else is the study's."""
+
+    def __init__(self, study: optuna.Study, min_results: int):
+        self._study = study
+        self._min_results = min_results
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(
+        self,
+        deepcopy: bool = True,
+        states: Container[TrialState] | None = None,
+        use_cache: bool = False,
+    ) -> list[FrozenTrial]:
+        trials = self._study._get_trials(deepcopy=False, use_cache=use_cache)
+        picked = [t for t in sampler_view(trials, self._min_results) if states is None or t.state in states]
+        return copy.deepcopy(picked) if deepcopy else picked
+
+    def get_trials(
+        self, deepcopy: bool = True, states: Container[TrialState] | None = None
+    ) -> list[FrozenTrial]:
+        return self._get_trials(deepcopy=deepcopy, states=states)
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.get_trials()

@@ -41,6 +41,7 @@ from study.pool import WorkerPool
 from study.progress import StudyProgress, final_summary
 from study.pruners import build_pruner
 from study.samplers import build_sampler
+from study.scheduler import best_trial, ladder_for
 from study.search_space import SearchSpace
 from study.storage import count_trials, describe_storage_error, fail_ownerless_trials, make_storage
 from study.tracking import (
@@ -81,6 +82,8 @@ def run_sweep(
     build_sampler(settings.sampler, space)
     build_pruner(settings.pruner)
     check_tracking_store(base.mlflow)  # a deleted experiment or unusable store: before the storage
+
+    ladder = ladder_for(settings, base)  # scheduler=asha: its rungs, checked here
     storage = make_storage(settings.study, base.mlflow.tracking_uri)
     study, created = create_or_load_study(settings, storage)
     check_space_unchanged(study, space, base)
@@ -106,14 +109,15 @@ def run_sweep(
             session_start=session_start,
             deadline=deadline,
         )
-        if judge(study.get_trials(deepcopy=False), settings, session_start, deadline).stop is None:
+        trials = study.get_trials(deepcopy=False)
+        if judge(trials, settings, session_start, deadline, ladder=ladder).stop is None:
             epochs = None if base.trainer.max_steps else base.trainer.epochs  # shown as epoch k/n
             Driver(study, settings, base, spec, study_dir, epochs).run()
         try:
             summary = finish(study, settings, parent, study_dir)
         finally:
             end_orphaned_runs(study, parent)
-        verdict = judge(study.get_trials(deepcopy=False), settings, session_start, deadline)
+        verdict = judge(study.get_trials(deepcopy=False), settings, session_start, deadline, ladder=ladder)
         if verdict.stop not in (DONE, TIMEOUT):
             raise StudyIncompleteError(incomplete_message(settings, verdict))
     except (StudyIncompleteError, KeyboardInterrupt, SystemExit) as error:
@@ -132,8 +136,9 @@ class StudyIncompleteError(RuntimeError):
 
 def incomplete_message(settings: DictConfig, verdict: Verdict, reason: str | None = None) -> str:
     counts = verdict.counts
+    what = "configurations" if verdict.configurations_done is not None else "trials"
     return (
-        f"study {settings.study.name}: {counts.done} of {settings.study.n_trials} trials done: "
+        f"study {settings.study.name}: {verdict.done} of {settings.study.n_trials} {what} done: "
         f"{reason or verdict.reason()}; {counts.running} still RUNNING. Run the command again to resume."
     )
 
@@ -277,6 +282,7 @@ class Driver:
         self.spec = spec
         self.pool = WorkerPool(settings.study, spec, study_dir / "logs")
         self.progress = StudyProgress.from_settings(settings, epochs, len(self.pool.workers), self.pool.logs)
+        self.ladder = ladder_for(settings, base)
 
     def run(self) -> None:
         previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -286,7 +292,7 @@ class Driver:
                 time.sleep(POLL_SECONDS)
                 trials = self.study.get_trials(deepcopy=False)  # one query a poll, for all below
                 verdict = self._judge(trials)
-                self.progress.update(verdict.counts, trials)
+                self.progress.update(verdict.counts, trials, done=verdict.done)
                 fail_ownerless_trials(self.study, self.settings.study, self.tracking_uri, trials)
                 self.pool.reap(may_restart=lambda: self._judge().stop is None)
         except KeyboardInterrupt:
@@ -298,13 +304,13 @@ class Driver:
             # The trials of workers that died (or were killed just now) are failed and retried.
             fail_ownerless_trials(self.study, self.settings.study, self.tracking_uri)
             trials = self.study.get_trials(deepcopy=False)
-            counts = self._judge(trials).counts
-            self.progress.update(counts, trials, force=True)
-            self.progress.close(counts, trials)
+            verdict = self._judge(trials)
+            self.progress.update(verdict.counts, trials, force=True, done=verdict.done)
+            self.progress.close(verdict.counts, trials)
 
     def _judge(self, trials: list[FrozenTrial] | None = None) -> Verdict:
         trials = self.study.get_trials(deepcopy=False) if trials is None else trials
-        return judge(trials, self.settings, self.spec.session_start, self.spec.deadline)
+        return judge(trials, self.settings, self.spec.session_start, self.spec.deadline, ladder=self.ladder)
 
 
 def finish(study: optuna.Study, settings: DictConfig, parent: RunTracker, study_dir: Path) -> dict:
@@ -334,7 +340,8 @@ def finish(study: optuna.Study, settings: DictConfig, parent: RunTracker, study_
         registered = settings.study.registered_model
         where = f" and registering it as MLflow model {registered}" if registered else ""
         print(
-            f"evaluating the winner (trial {study.best_trial.number}) on the test set{where} ...", flush=True
+            f"evaluating the winner (trial {best_trial(study.trials).number}) on the test set{where} ...",
+            flush=True,
         )
         summary.update(evaluate_winner(study, parent.client, parent.run_id, study_dir, registered))
     table = leaderboard(study, targets, summary.get("best_trial_test_accuracy"))

@@ -12,11 +12,13 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import hydra
+import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -42,6 +44,32 @@ REPLAY_HEADER = """\
 REPLAY_OF_TAG = "replay_of"  # on a replay's run: the id of the run whose config.yaml it replays
 # Keeps a replay's Hydra output folder under runs/, like the original command.
 REPLAY_HYDRA_BLOCK = {"hydra": {"run": {"dir": "${runs_dir}/hydra/train/${now:%Y-%m-%d_%H-%M-%S}"}}}
+LAST_CHECKPOINT = "checkpoints/last.keras"  # model and optimizer state: where a segment resumes
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One stretch of a run that trains in several (a rung of scheduler=asha): from `start` to
+    `stop` epochs or optimizer steps (`unit`). A segment with `start` > 0 resumes the run's last
+    checkpoint, model and optimizer state.
+
+    Segments see the data in a fixed order per epoch, drawn from (trainer.seed, epoch), and
+    validate on the whole validation set at every epoch end and at `stop`, so training in
+    segments gives the same weights and metrics as one segment over the same span. Metric steps
+    are epochs, or optimizer steps with unit "steps" (a rung may end mid-epoch).
+    """
+
+    start: int
+    stop: int
+    unit: str = "epochs"
+
+    def steps(self, steps_per_epoch: int) -> tuple[int, int]:
+        factor = steps_per_epoch if self.unit == "epochs" else 1
+        return self.start * factor, self.stop * factor
+
+    def label(self, step: int, steps_per_epoch: int) -> int:
+        """The metric step of a point of training: an epoch count, or an optimizer step count."""
+        return math.ceil(step / steps_per_epoch) if self.unit == "epochs" else step
 
 
 def train(
@@ -52,6 +80,7 @@ def train(
     output_dir: Path | str | None = None,
     tensorboard_dir: Path | str | None = None,
     evaluate_test: bool = True,
+    segment: Segment | None = None,
 ) -> dict[str, float]:
     """Train the configured model, track it in MLflow and return its final metrics.
 
@@ -60,9 +89,14 @@ def train(
     ends: a trial of a study) instead of creating and ending one; `output_dir` keeps the
     local copies of the artifacts (a temporary folder
     when None), `tensorboard_dir` the event files (default: `output_dir/tensorboard`).
-    `evaluate_test=False` leaves the test set alone (trials of a study).
+    `evaluate_test=False` leaves the test set alone (trials of a study). `segment` trains one
+    stretch of a run that trains in several (see `Segment`); the run's best validation accuracy
+    then covers its earlier segments too.
     """
     cfg = checked_config(cfg)
+    if segment is None and cfg.trainer.resumable:  # a replay of a trial of scheduler=asha, say
+        budget = cfg.trainer.max_steps
+        segment = Segment(0, budget, "steps") if budget is not None else Segment(0, cfg.trainer.epochs)
     dataset = load_dataset(cfg.data, cfg.trainer.seed)  # the last input check: data files
     import keras
 
@@ -83,15 +117,17 @@ def train(
             tracker if owned else contextlib.nullcontext(tracker),
             system_metrics(cfg.mlflow.tracking_uri, tracker.run_id, interval),
         ):
-            log_run_description(tracker, cfg, dataset)
+            resuming = segment is not None and segment.start > 0
+            if not resuming:  # the first segment logged the params; MLflow refuses to change them
+                log_run_description(tracker, cfg, dataset)
             backend.seed_everything(cfg.trainer.seed)
-            model = compile_model(cfg, dataset)
+            model = load_last_checkpoint(tracker, folder) if resuming else compile_model(cfg, dataset)
             logdir = Path(tensorboard_dir) if tensorboard_dir is not None else folder / "tensorboard"
             metrics = fit_and_evaluate(
-                cfg, model, dataset, tracker, folder, logdir, on_epoch_end, evaluate_test
+                cfg, model, dataset, tracker, folder, logdir, on_epoch_end, evaluate_test, segment
             )
             if evaluate_test:  # a run of its own (not a trial): its best model, ready to serve
-                best = keras.saving.load_model(folder / "checkpoints" / "best.keras")
+                best = keras.saving.load_model(best_checkpoint(tracker, folder))
                 log_keras_model(cfg.mlflow.tracking_uri, tracker.run_id, best, dataset.x_test)
         log.info("run %s: best val_accuracy %.4f", tracker.run_id, metrics["best_val_accuracy"])
         return metrics
@@ -173,6 +209,7 @@ def fit_and_evaluate(
     logdir: Path,
     on_epoch_end: EpochCallback | None,
     evaluate_test: bool = True,
+    segment: Segment | None = None,
 ) -> dict[str, float]:
     from study.callbacks import BestCheckpoint, EpochMetrics, StepBudget
     from study.tensorboard import ScalarWriter
@@ -183,29 +220,40 @@ def fit_and_evaluate(
     checkpoints = folder / "checkpoints"
     checkpoints.mkdir(exist_ok=True)
     writer = ScalarWriter(logdir)
-    sinks = [lambda epoch, metrics: tracker.log_metrics(metrics, step=epoch), writer.write]
+    labels: list[int] = []  # the metric step of each history entry
+    sinks = [
+        lambda epoch, metrics: tracker.log_metrics(metrics, step=epoch),
+        writer.write,
+        lambda epoch, metrics: labels.append(epoch),
+    ]
     epoch_metrics = EpochMetrics(len(dataset.x_train), trainer.batch_size, sinks, on_epoch_end)
+    steps_per_epoch = math.ceil(len(dataset.x_train) / trainer.batch_size)
+    first_step = trained_steps(model) if segment is not None else 0
+    earlier = earlier_val_accuracy(tracker, segment.label(first_step, steps_per_epoch)) if first_step else []
     callbacks = [
         epoch_metrics,
-        BestCheckpoint(checkpoints / "best.keras"),
+        # A resumed segment keeps the earlier segments' best.keras unless it beats it.
+        BestCheckpoint(checkpoints / "best.keras", max((v for _, v in earlier), default=None)),
     ]
-    steps_per_epoch = math.ceil(len(dataset.x_train) / trainer.batch_size)
     epochs = trainer.epochs
-    if trainer.max_steps is not None:
+    if trainer.max_steps is not None and segment is None:
         epochs = math.ceil(trainer.max_steps / steps_per_epoch)
         callbacks.append(StepBudget(trainer.max_steps, steps_per_epoch))
     start = time.perf_counter()
     try:
-        model.fit(
-            dataset.x_train,
-            dataset.y_train,
-            batch_size=trainer.batch_size,
-            epochs=epochs,
-            validation_data=(dataset.x_val, dataset.y_val),
-            validation_batch_size=trainer.eval_batch_size,
-            callbacks=callbacks,
-            verbose=trainer.verbose,
-        )
+        if segment is not None:
+            fit_segment(model, dataset, trainer, callbacks, segment, first_step)
+        else:
+            model.fit(
+                dataset.x_train,
+                dataset.y_train,
+                batch_size=trainer.batch_size,
+                epochs=epochs,
+                validation_data=(dataset.x_val, dataset.y_val),
+                validation_batch_size=trainer.eval_batch_size,
+                callbacks=callbacks,
+                verbose=trainer.verbose,
+            )
     finally:
         writer.close()
         # Curves and checkpoints written so far are kept, also for a failed or pruned run.
@@ -220,7 +268,7 @@ def fit_and_evaluate(
             dataset.x_test, dataset.y_test, batch_size=trainer.eval_batch_size, verbose=0
         )
         test_metrics = {"test_loss": float(test_loss), "test_accuracy": float(test_accuracy)}
-    return summarize(epoch_metrics.history, test_metrics, train_seconds, tracker)
+    return summarize(epoch_metrics.history, test_metrics, train_seconds, tracker, labels, earlier)
 
 
 def summarize(
@@ -228,17 +276,128 @@ def summarize(
     test_metrics: dict[str, float],
     train_seconds: float,
     tracker: RunTracker,
+    labels: Sequence[int] | None = None,
+    earlier: Sequence[tuple[int, float]] = (),
 ) -> dict[str, float]:
-    """Final metrics: the last epoch's, the best validation accuracy and the test figures."""
-    best_epoch = max(range(len(history)), key=lambda i: history[i]["val_accuracy"])
+    """Final metrics: the last epoch's, the best validation accuracy and the test figures.
+
+    `labels` are the metric steps of `history` (1, 2, ... by default); `earlier` the
+    (step, val_accuracy) points of the run's earlier segments, which the best includes.
+    """
+    labels = list(labels) if labels else list(range(1, len(history) + 1))
+    curve = [*earlier, *zip(labels, (metrics["val_accuracy"] for metrics in history), strict=True)]
+    best_step, best_value = max(curve, key=lambda point: point[1])  # the first best on ties
     summary = {
-        "best_val_accuracy": history[best_epoch]["val_accuracy"],
-        "best_epoch": float(best_epoch + 1),
+        "best_val_accuracy": best_value,
+        "best_epoch": float(best_step),
         **test_metrics,
         "train_seconds": train_seconds,
     }
-    tracker.log_metrics(summary, step=len(history))
-    return {**history[-1], **summary, "epochs": float(len(history))}
+    tracker.log_metrics(summary, step=curve[-1][0])
+    last = history[-1] if history else {}
+    return {**last, **summary, "epochs": float(len(history))}
+
+
+def fit_segment(
+    model: keras.Model,
+    dataset: Dataset,
+    trainer: DictConfig,
+    callbacks: list[keras.callbacks.Callback],
+    segment: Segment,
+    first_step: int,
+) -> None:
+    """Train from optimizer step `first_step` to the segment's end, one `fit` per epoch or part
+    of an epoch, each on that epoch's examples in the order `epoch_order` gives.
+
+    Keras numbers the epoch of each `fit` by its metric step (`initial_epoch`), so the callbacks
+    see the run's own x-axis: epochs, or optimizer steps for a segment counted in steps.
+    """
+    size = len(dataset.x_train)
+    steps_per_epoch = math.ceil(size / trainer.batch_size)
+    start, stop = segment.steps(steps_per_epoch)
+    if first_step < start:
+        raise RuntimeError(
+            f"the run's last checkpoint is at step {first_step}; the segment starts at {start}"
+        )
+    step = first_step
+    while step < stop:
+        epoch, offset = divmod(step, steps_per_epoch)
+        end = min(stop, (epoch + 1) * steps_per_epoch)
+        picked = epoch_order(trainer.seed, epoch, size)[
+            offset * trainer.batch_size : (end - epoch * steps_per_epoch) * trainer.batch_size
+        ]
+        label = segment.label(end, steps_per_epoch)
+        seed_random_layers(model, trainer.seed, epoch, offset)
+        model.fit(
+            dataset.x_train[picked],
+            dataset.y_train[picked],
+            batch_size=trainer.batch_size,
+            shuffle=False,
+            initial_epoch=label - 1,
+            epochs=label,
+            validation_data=(dataset.x_val, dataset.y_val),
+            validation_batch_size=trainer.eval_batch_size,
+            callbacks=callbacks,
+            verbose=trainer.verbose,
+        )
+        step = end
+
+
+def epoch_order(seed: int, epoch: int, size: int) -> np.ndarray:
+    """The order of the training examples in `epoch`: a function of (seed, epoch) alone, so a run
+    resumed at any step sees the data a run trained straight through would have seen."""
+    return np.random.default_rng([seed % 2**32, epoch]).permutation(size)
+
+
+def seed_random_layers(model: keras.Model, seed: int, epoch: int, offset: int) -> None:
+    """Set the random stream of the model's random layers (dropout) to where it is `offset` steps
+    into `epoch`: a stream per epoch, drawn from (seed, epoch, layer), advanced one draw per
+    train step. A Keras checkpoint does not keep the seed generators' state; this makes a
+    resumed run draw the same dropout masks as one trained straight through."""
+    import keras
+
+    states = [v for v in model.non_trainable_variables if v.name == "seed_generator_state"]
+    for index, state in enumerate(states):
+        stream = int(np.random.default_rng([seed % 2**32, epoch, index]).integers(1, 2**31 - 1))
+        state.assign(np.array([stream, offset], dtype=keras.backend.standardize_dtype(state.dtype)))
+
+
+def trained_steps(model: keras.Model) -> int:
+    import keras
+
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+
+
+def load_last_checkpoint(tracker: RunTracker, folder: Path) -> keras.Model:
+    """The run's last checkpoint, compiled, with its optimizer state (from any machine: the
+    checkpoint is an artifact of the run)."""
+    import keras
+
+    destination = folder / "resume"
+    destination.mkdir(parents=True, exist_ok=True)
+    local = tracker.client.download_artifacts(tracker.run_id, LAST_CHECKPOINT, str(destination))
+    return keras.saving.load_model(local)
+
+
+def best_checkpoint(tracker: RunTracker, folder: Path) -> Path:
+    """The run's best model: this run's, or an earlier segment's that this one did not beat."""
+    local = folder / "checkpoints" / "best.keras"
+    if local.exists():
+        return local
+    destination = folder / "resume"
+    destination.mkdir(parents=True, exist_ok=True)
+    return Path(tracker.client.download_artifacts(tracker.run_id, "checkpoints/best.keras", str(destination)))
+
+
+def earlier_val_accuracy(tracker: RunTracker, up_to: int) -> list[tuple[int, float]]:
+    """The (step, val_accuracy) points the run logged up to metric step `up_to`, in order.
+
+    Points past it come from an attempt that died before its segment ended; the retry logs
+    them again, with the same values (training is deterministic).
+    """
+    history = tracker.client.get_metric_history(tracker.run_id, "val_accuracy")
+    points = {metric.step: metric.value for metric in sorted(history, key=lambda m: m.timestamp)}
+    return sorted((step, value) for step, value in points.items() if step <= up_to)
 
 
 def write_replay_config(cfg: DictConfig, path: Path, run_id: str) -> Path:

@@ -45,6 +45,14 @@ class TrialRun:
         tags = {**tags, STATE_TAG: TrialState.RUNNING.name}
         return cls(RunTracker.start(mlflow_cfg, run_name=run_name, tags=tags, parent_run_id=parent_run_id))
 
+    @classmethod
+    def resume(cls, mlflow_cfg: DictConfig, run_id: str, tags: Mapping[str, str]) -> TrialRun:
+        """Reopen the run of an earlier trial: a promotion of scheduler=asha trains on in the
+        run of its configuration."""
+        tracker = RunTracker.resume(mlflow_cfg, run_id)
+        tracker.set_tags({**tags, STATE_TAG: TrialState.RUNNING.name})
+        return cls(tracker)
+
     @property
     def run_id(self) -> str:
         return self.tracker.run_id

@@ -36,7 +36,8 @@ from study.masking import mask_console
 from study.names import FAIL_REASON_ATTR
 from study.objective import Interrupted, TrialObjective
 from study.pruners import build_pruner
-from study.samplers import build_sampler
+from study.samplers import build_sampler, for_scheduler
+from study.scheduler import ladder_for
 from study.search_space import Composer, SearchSpace
 from study.signals import EXIT_CODE, WorkerSignals
 from study.storage import RetryWithSameParams, fail_ownerless_trials, fail_trial, make_storage
@@ -124,9 +125,17 @@ def run_worker(spec: WorkerSpec, signals: WorkerSignals) -> int:
     # A seed per worker and per session: a restarted worker, a resumed study or a worker on
     # another machine must not replay the random stream of an earlier one.
     seed_offset = spec.worker_index + 1000 * len(study.get_trials(deepcopy=False))
-    study.sampler = build_sampler(settings.sampler, space, seed_offset)
+    study.sampler = for_scheduler(build_sampler(settings.sampler, space, seed_offset), settings)
+    ladder = ladder_for(settings, base)  # scheduler=asha: the rungs
     objective = TrialObjective(
-        base, settings, compose_with, space, spec.parent_run_id, Path(settings.study.output_dir), signals
+        base,
+        settings,
+        compose_with,
+        space,
+        spec.parent_run_id,
+        Path(settings.study.output_dir),
+        signals,
+        ladder=ladder,
     )
     load_dataset(base.data, base.trainer.seed)  # into the per-process cache, before the freeze
     # What exists now (interpreter, backend, data, study) lives as long as the worker: the
@@ -136,7 +145,7 @@ def run_worker(spec: WorkerSpec, signals: WorkerSignals) -> int:
     try:
         while not signals.stopping and os.getppid() == parent_pid:
             trials = study.get_trials(deepcopy=False)
-            verdict = judge(trials, settings, spec.session_start, spec.deadline)
+            verdict = judge(trials, settings, spec.session_start, spec.deadline, ladder=ladder)
             if verdict.stop is not None:
                 log.info(
                     "stopping: %s", verdict.stop if verdict.stop != TOO_MANY_FAILURES else verdict.reason()
@@ -150,6 +159,8 @@ def run_worker(spec: WorkerSpec, signals: WorkerSignals) -> int:
                 continue
             signals.hold()  # released by the objective once the new trial records its owner
             try:
+                if verdict.promotion is not None:  # asha: optimize takes the waiting trial first
+                    study.enqueue_trial(verdict.promotion.params, user_attrs=verdict.promotion.user_attrs)
                 study.optimize(objective, n_trials=1, catch=(Exception,))
             finally:
                 signals.release()

@@ -36,3 +36,19 @@ def test_quick_benchmark_prints_and_writes_its_tables(tmp_path):
     assert all(row["images_per_second_per_trial"] > 0 for row in results["throughput"])
     for name, rows in (("models", 1), ("overhead", 1), ("throughput", 2)):
         assert len(pd.read_csv(out / f"{name}.csv")) == rows
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_quick_search_benchmark_writes_curves_summary_and_plot(tmp_path):
+    out = tmp_path / "search"
+    command = [sys.executable, "bench/search.py", "--quick", "--strategies", "median,asha", "--out", str(out)]
+    done = subprocess.run(command, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary["strategy"]) == ["median", "asha"] and list(summary["sampler"]) == ["tpe", "tpe"]
+    curves = pd.read_csv(out / "curves.csv")
+    assert set(curves["strategy"]) <= {"median", "asha"}
+    assert curves.groupby("strategy")["best_val_accuracy"].is_monotonic_increasing.all()
+    assert (out / "best_so_far.png").stat().st_size > 0
+    assert "median_s_to_0.9" in done.stdout

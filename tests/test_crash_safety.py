@@ -348,9 +348,19 @@ from study.signals import WorkerSignals
 signals = WorkerSignals(grace_seconds=2)
 signals.install()
 print("ready", flush=True)
-while True:  # a library callback that swallows KeyboardInterrupt, as JAX's gc callback did
+
+
+def swallow():  # a library callback that swallows KeyboardInterrupt, as JAX's gc callback did
+    while True:
+        try:
+            time.sleep(0.05)
+        except KeyboardInterrupt:
+            pass
+
+
+while True:
     try:
-        time.sleep(0.05)
+        swallow()
     except KeyboardInterrupt:
         pass
 """
@@ -362,6 +372,7 @@ def test_a_worker_whose_interrupt_is_swallowed_still_exits(tmp_path):
     )
     try:
         assert worker.stdout.readline().strip() == "ready"
+        time.sleep(0.5)  # inside the swallowing loop, not still returning from print()
         os.kill(worker.pid, signal.SIGTERM)  # what the driver (or its death) sends
         assert worker.wait(timeout=15) == 130
     finally:

@@ -319,9 +319,10 @@ def prints_config(result: Result, ws: Workspace) -> None:
     assert not (ws.work / "runs" / "mlflow.db").exists() or "MLflow run" not in result.output
 
 
-def study_done(name: str, trials: int, workers: int = 1) -> Expectation:
+def study_done(name: str, trials: int, workers: int = 1, exact: bool = True) -> Expectation:
     """README: the leaderboard, plots, worker logs and TensorBoard folders under
-    runs/studies/<name>/; one MLflow parent run with a child run per trial."""
+    runs/studies/<name>/; one MLflow parent run with a child run per trial. `exact=False`
+    (scheduler=asha, whose promotions are trials too): at least `trials`."""
 
     def check(result: Result, ws: Workspace) -> None:
         assert re.search(
@@ -330,19 +331,20 @@ def study_done(name: str, trials: int, workers: int = 1) -> Expectation:
         assert "look further:" in result.stdout, result.describe()
         assert f"tensorboard --logdir runs/studies/{name}/tensorboard" in result.stdout
         folder = ws.work / "runs" / "studies" / name
-        assert len(pd.read_csv(folder / "leaderboard.csv")) == trials
+        count = (lambda n: n == trials) if exact else (lambda n: n >= trials)
+        assert count(len(pd.read_csv(folder / "leaderboard.csv")))
         assert (folder / "plots" / "optimization_history.png").is_file()
         assert {f"worker_{index}.log" for index in range(workers)} <= {
             p.name for p in (folder / "logs").iterdir()
         }
-        assert len(list((folder / "tensorboard").glob("trial_*"))) == trials
+        assert count(len(list((folder / "tensorboard").glob("trial_*"))))
         study = optuna.load_study(study_name=name, storage=f"sqlite:///{ws.work / 'runs' / 'optuna.db'}")
         done = [
             t
             for t in study.trials
             if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         ]
-        assert len(done) == trials
+        assert count(len(done))
         experiment = ws.client.get_experiment_by_name("study").experiment_id
         parents = ws.client.search_runs(
             [experiment], f"tags.`study.name` = '{name}' and tags.`study.role` = 'parent'"
@@ -419,6 +421,17 @@ def optuna_dashboard_lists_the_study(result: Result, ws: Workspace, port: int) -
     assert "default" in json.dumps(studies)
 
 
+def search_results(strategy: str) -> Expectation:
+    """README: bench/search.py writes curves.csv, summary.csv and best_so_far.png."""
+
+    def check(result: Result, ws: Workspace) -> None:
+        out = ws.work / "runs" / ("search-readme" if "search-readme" in result.command else "search-quick")
+        assert list(pd.read_csv(out / "summary.csv")["strategy"]) == [strategy], result.describe()
+        assert (out / "curves.csv").is_file() and (out / "best_so_far.png").stat().st_size > 0
+
+    return check
+
+
 def bench_tables(result: Result, ws: Workspace) -> None:
     for title in ("Tracked run against bare keras.Model.fit", "Fixed overhead per trial", "Sweep throughput"):
         assert title in result.stdout, result.describe()
@@ -437,7 +450,7 @@ SUITE = "the test suite itself: CI runs it (.ci/run)"
 DASHBOARD_INSTALL = 'pip install -e ".[dashboard]" && '
 SCALE_OUT = "needs PostgreSQL and other machines: tests/test_scale_out.py runs this setup on 127.0.0.1"
 DEFAULT_STUDY = "python -m study.sweep data.path=../shared/data/mnist"
-CNN_LR = "python -m study.sweep study.name=cnn-lr study.n_trials=60 search_space=cnn_only pruner=hyperband"
+CNN_LR = "python -m study.sweep study.name=cnn-lr study.n_trials=60 search_space=cnn_only trainer.epochs=9"
 MLFLOW_SERVER_ON_POSTGRES = (
     "mlflow server --backend-store-uri postgresql://user:pw@db-host/mlflow "
     "--artifacts-destination /shared/mlflow-artifacts --host 0.0.0.0 --port 5000"
@@ -496,6 +509,11 @@ CASES: dict[str, Case] = {
     # Studies
     DEFAULT_STUDY: Case(append=SWEEP, expect=(study_done("default", 2),), slow=True),
     CNN_LR: Case(append=f"{LOCAL_MNIST} {SWEEP}", expect=(study_done("cnn-lr", 2),), slow=True),
+    "python -m study.sweep study.name=asha scheduler=asha pruner=none": Case(
+        append=f"{LOCAL_MNIST} {SWEEP} trainer.epochs=3",
+        expect=(study_done("asha", 2, exact=False),),
+        slow=True,
+    ),
     "python -m study.sweep data.path=../shared/data/mnist study.name=parallel study.n_workers=2": Case(
         append=f"{SWEEP} study.n_trials=4", expect=(study_done("parallel", 4, workers=2),), slow=True
     ),
@@ -505,7 +523,7 @@ CASES: dict[str, Case] = {
         expect=(study_done("gpus", 2, 4),),
         slow=True,
     ),
-    "python -m study.sweep study.name=cnn-lr study.n_trials=80 search_space=cnn_only pruner=hyperband": Case(
+    "python -m study.sweep study.name=cnn-lr study.n_trials=80 search_space=cnn_only trainer.epochs=9": Case(
         append=f"{LOCAL_MNIST} {SWEEP} study.n_trials=3",
         needs=(CNN_LR,),
         expect=(study_done("cnn-lr", 3),),
@@ -564,6 +582,14 @@ CASES: dict[str, Case] = {
         append="--quick --models softmax --workers 1,2 --out runs/bench-readme",
         expect=(bench_tables,),
         slow=True,
+    ),
+    "python bench/search.py --data-path ../shared/data/mnist": Case(
+        append="--quick --strategies asha --out runs/search-readme",
+        expect=(search_results("asha"),),
+        slow=True,
+    ),
+    "python bench/search.py --quick": Case(
+        append="--strategies median --out runs/search-quick", expect=(search_results("median"),), slow=True
     ),
     # Development
     "ruff check study tests bench && ruff format study tests bench": Case(

@@ -96,6 +96,7 @@ def watched_study(tmp_path_factory, tiny_idx_dir):
         f"study.name={STUDY}",
         "study.heartbeat_interval=2",
         "pruner=none",
+        "scheduler=none",  # one trial per configuration, each its whole budget: epoch 2/2
         "mlflow.system_metrics_interval=0.5",
     ]
     status, screen = run_in_terminal(command, cwd=root)

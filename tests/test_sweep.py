@@ -295,7 +295,8 @@ def test_ctrl_c_leaves_no_run_running(sweep_setup):
 @pytest.mark.parametrize("sampler", ["tpe", "random", "grid", "cmaes", "gp"])
 @pytest.mark.parametrize("pruner", ["median", "hyperband", "successive_halving", "threshold", "none"])
 def test_every_sampler_and_pruner_composes_and_builds(sampler, pruner, tmp_path):
-    cfg = compose_config("sweep", [f"sampler={sampler}", f"pruner={pruner}", "search_space=cnn_only"])
+    overrides = [f"sampler={sampler}", f"pruner={pruner}", "scheduler=none", "search_space=cnn_only"]
+    cfg = compose_config("sweep", overrides)
     settings = checked_sweep_config(cfg)
     space = SearchSpace(settings.search_space)
     build_pruner(settings.pruner)

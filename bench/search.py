@@ -1,0 +1,259 @@
+"""Time to a good model: search strategies on the same wall budget and the same space.
+
+    python bench/search.py --data-path ../shared/data/mnist          # MNIST: 4 x 2 x 3 studies of 20 min
+    python bench/search.py --quick                                    # digits, tiny budget: about 2 min
+
+Each study is a real `python -m study.sweep` in its own process and stores, one worker, given
+`--budget` seconds (study.timeout, then Ctrl-C at the budget: a trial still running is cut).
+Strategies: `none` (every trial trains all its epochs), `median` (Optuna's MedianPruner),
+`hyperband` (Optuna's HyperbandPruner), `asha` (scheduler=asha: promotion from checkpoints);
+each with the samplers of `--samplers` (TPE, random) and `--seeds` seeds (sampler and
+trainer seed). The space is the one the issue names: softmax or the Deep-MNIST CNN x SGD /
+Adam / RMSProp x log learning rate 1e-4..1 x dropout (CNN), batch 100, `--epochs` (9) at most,
+no enqueued baseline.
+
+The score over time is the best validation accuracy any run had logged by then (MLflow's
+per-epoch metrics and their timestamps, from the sweep's start), whatever the strategy did with
+it. Writes to --out: `curves.csv` (every point), `summary.csv` (per strategy and sampler: median
+over seeds of the time to `--target` and of the best at the budget; seeds that reached the
+target), `best_so_far.png`, `logs/`; prints the summary table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from mlflow import MlflowClient
+from tabulate import tabulate
+
+BENCH_DIR = Path(__file__).resolve().parent
+PROJECT_DIR = BENCH_DIR.parent
+STRATEGIES = {
+    "none": ["pruner=none", "scheduler=none"],
+    "median": ["pruner=median", "scheduler=none"],
+    "hyperband": ["pruner=hyperband", "scheduler=none"],
+    "asha": ["pruner=none", "scheduler=asha"],
+}
+SPACE = """\
+# bench/search.py: softmax or the Deep-MNIST CNN x SGD/Adam/RMSProp x learning rate x dropout.
+model: {type: categorical, choices: [softmax, cnn]}
+optimizer: {type: categorical, choices: [sgd, adam, rmsprop]}
+optimizer.learning_rate: {type: float, low: 1.0e-4, high: 1.0, log: true}
+model.dropout_rate: {type: float, low: 0.0, high: 0.7, when: {model: [cnn]}}
+"""
+STOP_GRACE_SECONDS = 120  # after Ctrl-C, before SIGKILL
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data-path", help="MNIST IDX folder or .npz (default: download through Keras)")
+    parser.add_argument("--budget", type=float, default=1200.0, help="seconds per study (default: 1200)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per strategy and sampler (default: 3)")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES), help="default: %(default)s")
+    parser.add_argument("--samplers", default="tpe,random", help="default: %(default)s")
+    parser.add_argument("--epochs", type=int, default=9, help="epochs of a full trial (default: 9)")
+    parser.add_argument("--target", type=float, default=0.98, help="val_accuracy to reach (default: 0.98)")
+    parser.add_argument(
+        "--override", action="append", default=[], help="a config override for every study (repeatable)"
+    )
+    parser.add_argument("--quick", action="store_true", help="digits, 30 s a study, one seed, TPE: ~3 min")
+    parser.add_argument("--out", type=Path, help="results folder (default: runs/bench/search-<time>)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.budget, args.seeds, args.samplers, args.target = 30.0, 1, "tpe", 0.9
+    args.strategies = [s for s in args.strategies.split(",") if s]
+    args.samplers = [s for s in args.samplers.split(",") if s]
+    unknown = [s for s in args.strategies if s not in STRATEGIES]
+    if unknown:
+        parser.error(f"--strategies: expected some of {', '.join(STRATEGIES)}, got {', '.join(unknown)}")
+    if args.seeds < 1 or args.budget <= 0:
+        parser.error("--seeds: expected 1 or more; --budget: expected > 0")
+    if args.out is None:
+        stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+        args.out = PROJECT_DIR / "runs" / "bench" / f"search-{stamp}"
+    return args
+
+
+def study_overrides(
+    args: argparse.Namespace, strategy: str, sampler: str, seed: int, runs: Path
+) -> list[str]:
+    data = ["data=digits"] if args.quick else [f"data.path={args.data_path}"] if args.data_path else []
+    return [
+        f"hydra.searchpath=[file://{args.out / 'conf'}]",
+        "search_space=bench",
+        *data,
+        f"runs_dir={runs}",
+        "study.name=bench",
+        "study.n_trials=100000",  # the budget ends the study
+        f"study.timeout={args.budget}",
+        "study.enqueue_defaults=false",
+        f"sampler={sampler}",
+        f"sampler.seed={seed}",
+        f"trainer.seed={seed}",
+        f"trainer.epochs={args.epochs}",
+        "trainer.batch_size=100",
+        "trainer.verbose=0",
+        *STRATEGIES[strategy],
+        *args.override,
+    ]
+
+
+def run_study(args: argparse.Namespace, strategy: str, sampler: str, seed: int) -> list[dict]:
+    """One study, stopped at the budget; returns its best-so-far curve."""
+    name = f"{strategy}-{sampler}-{seed}"
+    runs = args.out / "runs" / name
+    command = [sys.executable, "-m", "study.sweep", *study_overrides(args, strategy, sampler, seed, runs)]
+    log_file = args.out / "logs" / f"{name}.log"
+    env = {**os.environ, "PYTHONPATH": f"{PROJECT_DIR}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    print(f"{name}: {' '.join(command[1:])}", flush=True)
+    with open(log_file, "w") as log:
+        start = time.time()
+        process = subprocess.Popen(
+            command, cwd=PROJECT_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            process.wait(timeout=args.budget + 5)
+        except subprocess.TimeoutExpired:
+            stop(process)
+    return curve(runs, start, args.budget, name)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Ctrl-C to the study's process group (driver and workers), then SIGKILL if it lingers."""
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout=STOP_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def curve(runs: Path, start: float, budget: float, name: str) -> list[dict]:
+    """(seconds since the start, best val_accuracy so far) at every logged validation."""
+    client = MlflowClient(tracking_uri=f"sqlite:///{runs}/mlflow.db")
+    experiment = client.get_experiment_by_name("study")
+    if experiment is None:
+        raise RuntimeError(f"{name}: no MLflow experiment was written; see logs/{name}.log")
+    points = []
+    for run in client.search_runs([experiment.experiment_id], max_results=50000):
+        if run.data.tags.get("study.role") == "parent":
+            continue
+        for metric in client.get_metric_history(run.info.run_id, "val_accuracy"):
+            seconds = metric.timestamp / 1000.0 - start
+            if seconds <= budget:
+                points.append((seconds, metric.value))
+    best = 0.0
+    rows = []
+    for seconds, value in sorted(points):
+        if value > best:
+            best = value
+            rows.append({"seconds": round(seconds, 2), "best_val_accuracy": best})
+    return rows
+
+
+def summarize(args: argparse.Namespace, curves: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for strategy, sampler in itertools.product(args.strategies, args.samplers):
+        group = curves[(curves["strategy"] == strategy) & (curves["sampler"] == sampler)]
+        to_target, finals = [], []
+        for seed in range(args.seeds):
+            points = group[group["seed"] == seed]
+            finals.append(points["best_val_accuracy"].max() if len(points) else 0.0)
+            reached = points[points["best_val_accuracy"] >= args.target]["seconds"]
+            to_target.append(reached.min() if len(reached) else float("inf"))
+        counts = trials[(trials["strategy"] == strategy) & (trials["sampler"] == sampler)]
+        rows.append(
+            {
+                "strategy": strategy,
+                "sampler": sampler,
+                f"median_s_to_{args.target}": statistics.median(to_target),
+                "seeds_reaching_target": f"{sum(t != float('inf') for t in to_target)}/{args.seeds}",
+                "median_best_at_budget": statistics.median(finals),
+                "best_at_budget_per_seed": " ".join(f"{value:.4f}" for value in finals),
+                "median_configurations": statistics.median(counts["configurations"]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def configurations(runs: Path) -> int:
+    """MLflow child runs: one per configuration tried (with asha a run spans its rungs)."""
+    client = MlflowClient(tracking_uri=f"sqlite:///{runs}/mlflow.db")
+    experiment = client.get_experiment_by_name("study")
+    if experiment is None:
+        return 0
+    runs_found = client.search_runs([experiment.experiment_id], max_results=50000)
+    return sum(1 for run in runs_found if run.data.tags.get("study.role") != "parent")
+
+
+def plot(args: argparse.Namespace, curves: pd.DataFrame) -> Path:
+    figure, axes = plt.subplots(1, len(args.samplers), figsize=(7 * len(args.samplers), 5), squeeze=False)
+    colors = dict(zip(STRATEGIES, ("tab:gray", "tab:blue", "tab:orange", "tab:green"), strict=True))
+    for axis, sampler in zip(axes[0], args.samplers, strict=True):
+        for strategy in args.strategies:
+            mine = curves[(curves["strategy"] == strategy) & (curves["sampler"] == sampler)]
+            for seed in range(args.seeds):
+                points = mine[mine["seed"] == seed]
+                if points.empty:
+                    continue
+                xs = [*points["seconds"], args.budget]
+                ys = [*points["best_val_accuracy"], points["best_val_accuracy"].iloc[-1]]
+                axis.step(xs, ys, where="post", color=colors[strategy], alpha=0.8,
+                          label=strategy if seed == 0 else None)  # fmt: skip
+        axis.axhline(args.target, color="black", linewidth=0.5, linestyle="--")
+        low = max(0.0, curves["best_val_accuracy"].quantile(0.1) - 0.02) if len(curves) else 0.0
+        axis.set(title=f"sampler={sampler}", xlabel="seconds", ylabel="best val_accuracy so far")
+        axis.set_ylim(low, 1.0)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(loc="lower right")
+    figure.suptitle(f"best validation accuracy over time, {args.seeds} seed(s), budget {args.budget:.0f} s")
+    figure.tight_layout()
+    path = args.out / "best_so_far.png"
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_arguments(argv)
+    (args.out / "conf" / "search_space").mkdir(parents=True, exist_ok=True)
+    (args.out / "conf" / "search_space" / "bench.yaml").write_text(SPACE)
+    (args.out / "logs").mkdir(exist_ok=True)
+    points, trials = [], []
+    for seed in range(args.seeds):  # seeds outermost: a cut-short bench still compares strategies
+        for sampler in args.samplers:
+            for strategy in args.strategies:
+                for row in run_study(args, strategy, sampler, seed):
+                    points.append({"strategy": strategy, "sampler": sampler, "seed": seed, **row})
+                runs = args.out / "runs" / f"{strategy}-{sampler}-{seed}"
+                key = {"strategy": strategy, "sampler": sampler, "seed": seed}
+                trials.append({**key, "configurations": configurations(runs)})
+    curves = pd.DataFrame(points, columns=["strategy", "sampler", "seed", "seconds", "best_val_accuracy"])
+    curves.to_csv(args.out / "curves.csv", index=False)
+    summary = summarize(args, curves, pd.DataFrame(trials))
+    summary.to_csv(args.out / "summary.csv", index=False)
+    plot(args, curves)
+    settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+    machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "date": str(datetime.date.today())}
+    (args.out / "settings.json").write_text(json.dumps({**settings, "machine": machine}, indent=2))
+    print(tabulate(summary, headers="keys", tablefmt="github", showindex=False, floatfmt=".4f"))
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Training in segments (the rungs of scheduler=asha): a run resumed from its last checkpoint
+continues exactly where it stopped, model and optimizer state and data order included."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from study.config import checked_config
+from study.tracking import RunTracker
+from study.train import Segment, train
+from tests.test_train import client_for, history
+
+
+def last_checkpoint(cfg, run_id: str, folder: Path) -> keras.Model:
+    folder.mkdir()
+    local = client_for(cfg).download_artifacts(run_id, "checkpoints/last.keras", str(folder))
+    return keras.saving.load_model(local)
+
+
+def run_id_of(cfg, tag: str) -> str:
+    client = client_for(cfg)
+    experiment = client.get_experiment_by_name(cfg.mlflow.experiment_name)
+    (run,) = client.search_runs([experiment.experiment_id], f"tags.segment_test = '{tag}'")
+    return run.info.run_id
+
+
+@pytest.mark.parametrize(
+    ("unit", "straight", "pieces"),
+    [
+        # 300 training examples in batches of 32: 10 steps an epoch.
+        pytest.param("epochs", Segment(0, 3), [Segment(0, 1), Segment(1, 3)], marks=pytest.mark.slow),
+        ("steps", Segment(0, 23, "steps"), [Segment(0, 4, "steps"), Segment(4, 23, "steps")]),
+    ],
+)
+def test_resumed_segments_equal_training_straight_through(make_config, tmp_path, unit, straight, pieces):
+    # The CNN with dropout and Adam: its moments and the dropout generator's state must be resumed.
+    cfg = make_config("optimizer=adam", "optimizer.learning_rate=0.01", "model.dropout_rate=0.5")
+    whole = cfg.copy()
+    whole.mlflow.tags = {"segment_test": "whole"}
+    straight_metrics = train(whole, segment=straight)
+
+    parts = cfg.copy()
+    parts.mlflow.tags = {"segment_test": "parts"}
+    steps_seen: list[int] = []
+    train(parts, lambda step, metrics: steps_seen.append(step), segment=pieces[0])
+    run_id = run_id_of(cfg, "parts")
+    with RunTracker.resume(checked_config(cfg).mlflow, run_id) as tracker:
+        resumed_metrics = train(
+            parts, lambda step, metrics: steps_seen.append(step), tracker=tracker, segment=pieces[1]
+        )
+
+    client = client_for(cfg)
+    whole_id = run_id_of(cfg, "whole")
+    expected_steps = [1, 2, 3] if unit == "epochs" else [4, 10, 20, 23]
+    assert steps_seen == expected_steps  # epoch ends and the segment boundaries
+    assert [step for step, _ in history(client, run_id, "val_accuracy")] == expected_steps
+    for key in ("val_loss", "val_accuracy", "train_loss"):
+        whole_curve = dict(history(client, whole_id, key))
+        parts_curve = dict(history(client, run_id, key))
+        # Every point both runs logged is identical: same weights, same optimizer, same data.
+        # (A training metric averages over the stretch since the last point: the last one only.)
+        shared = sorted(set(whole_curve) & set(parts_curve))[-1 if key == "train_loss" else 0 :]
+        assert shared and shared[-1] == expected_steps[-1], key
+        assert [parts_curve[s] for s in shared] == [whole_curve[s] for s in shared], key
+    assert resumed_metrics["best_val_accuracy"] == straight_metrics["best_val_accuracy"]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    best = max(value for _, value in history(client, run_id, "val_accuracy"))
+    assert client.get_run(run_id).data.metrics["best_val_accuracy"] == best
+
+    whole_model = last_checkpoint(cfg, whole_id, tmp_path / "whole")
+    parts_model = last_checkpoint(cfg, run_id, tmp_path / "parts")
+    total_steps = 30 if unit == "epochs" else 23
+    assert int(keras.ops.convert_to_numpy(parts_model.optimizer.iterations)) == total_steps
+    for left, right in zip(whole_model.get_weights(), parts_model.get_weights(), strict=True):
+        np.testing.assert_array_equal(left, right)
+    for left, right in zip(
+        whole_model.optimizer.variables, parts_model.optimizer.variables, strict=True
+    ):  # Adam's moments and step count
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(left), keras.ops.convert_to_numpy(right))
+
+
+def test_a_segment_already_trained_by_a_dead_attempt_is_not_trained_again(make_config):
+    """A worker died after saving the segment's checkpoint but before its trial ended: the retry
+    finds the checkpoint at the segment's end and reports the run's curve without training."""
+    cfg = make_config(model="softmax")
+    first = train(cfg, segment=Segment(0, 2))
+    client = client_for(cfg)
+    experiment = client.get_experiment_by_name(cfg.mlflow.experiment_name)
+    (run,) = client.search_runs([experiment.experiment_id])
+    seen: list[int] = []
+    with RunTracker.resume(checked_config(cfg).mlflow, run.info.run_id) as tracker:
+        again = train(cfg, lambda step, metrics: seen.append(step), tracker=tracker, segment=Segment(1, 2))
+    assert seen == []
+    assert again["best_val_accuracy"] == first["best_val_accuracy"]
+    assert [step for step, _ in history(client, run.info.run_id, "val_accuracy")] == [1, 2]
