@@ -121,7 +121,7 @@ Expectation = Callable[[Result, "Workspace"], None]
 class Case:
     """How a README command runs here and what it must do."""
 
-    append: str = ""  # options or overrides appended to the command as typed
+    append: str = ""  # options or overrides appended to the command as typed ({work}: its folder)
     needs: tuple[str, ...] = ()  # README commands that run first, in the same folder
     replace: tuple[tuple[str, str], ...] = ()  # README placeholder -> {run_id}, {tracking_server}
     expect: tuple[Expectation, ...] = ()  # what README says it prints or writes
@@ -163,7 +163,7 @@ class Workspace:
                 values["run_id"] = needed.run_id
         for readme_text, template in case.replace:
             command = command.replace(readme_text, template.format(**values))
-        return f"{command} {case.append}".strip()
+        return f"{command} {case.append.replace('{work}', str(self.work))}".strip()
 
     def run(self, command: str) -> Result:
         """Run a README command (after the ones it needs), once; later calls get the result."""
@@ -584,12 +584,14 @@ CASES: dict[str, Case] = {
         slow=True,
     ),
     "python bench/search.py --data-path ../shared/data/mnist": Case(
-        append="--quick --strategies asha --out runs/search-readme",
+        append="--quick --strategies asha --out {work}/runs/search-readme",
         expect=(search_results("asha"),),
         slow=True,
     ),
     "python bench/search.py --quick": Case(
-        append="--strategies median --out runs/search-quick", expect=(search_results("median"),), slow=True
+        append="--strategies median --out {work}/runs/search-quick",
+        expect=(search_results("median"),),
+        slow=True,
     ),
     # Development
     "ruff check study tests bench && ruff format study tests bench": Case(
