@@ -125,9 +125,8 @@ def test_no_password_with_real_servers(tmp_path, postgres):  # noqa: F811 - the 
         server.stop()
     for done in (train, sweep):
         assert PASSWORD not in done.stdout + done.stderr
-    # The worker spec files (runs/studies/<name>/logs/worker_N.json) belong to the driver's
-    # rewrite (issue 10): they are checked there.
-    leaks = [path for path in files_holding(tmp_path, PASSWORD) if not path.match("logs/worker_*.json")]
-    assert leaks == []
+    # The worker spec files (logs/worker_N.json, mode 0600) are read once and removed.
+    assert not list(tmp_path.rglob("worker_*.json"))
+    assert files_holding(tmp_path, PASSWORD) == []
     assert sqlite_rows_holding(server_root / "mlflow.db", PASSWORD) == []
     assert postgres_rows_holding(f"postgresql://study@{host}/optuna", PASSWORD) == []
