@@ -54,6 +54,7 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 log = logging.getLogger(__name__)
 
 SQLITE_LOCK_TIMEOUT_SECONDS = 60  # several workers write to one SQLite file
+POSTGRES_CONNECT_TIMEOUT_SECONDS = 15
 SQLITE_HEADER = b"SQLite format 3\x00"
 # An empty file this young is being made by another driver that starts the same study.
 FRESH_FILE_SECONDS = 10
@@ -84,6 +85,9 @@ def make_storage(study_cfg: DictConfig, tracking_uri: str) -> optuna.storages.Ba
             check_existing_file(Path(database), "an Optuna SQLite database", _sqlite_header_ok)
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_SECONDS}}
+    elif url.startswith("postgresql"):
+        # A host that drops packets answers in seconds, not after the system's TCP time-out.
+        engine_kwargs = {"connect_args": {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS}}
     try:
         return optuna.storages.RDBStorage(
             url,
@@ -128,9 +132,9 @@ def _journal_header_ok(head: bytes) -> bool:
 
 
 def describe_storage_error(error: Exception, url: str) -> str:
-    """One line for a storage that exists but cannot be read (truncated, garbage, locked)."""
+    """One line for a storage that cannot be opened (unreachable, refused, truncated, garbage)."""
     first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
-    return mask_secrets(f"study.storage: {url}: cannot be read as an Optuna study store ({first.strip()})")
+    return mask_secrets(f"study.storage: {url}: cannot be opened as an Optuna study store ({first.strip()})")
 
 
 class RetryWithSameParams:

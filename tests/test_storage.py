@@ -91,7 +91,7 @@ def test_a_truncated_sqlite_study_file_is_refused_with_one_line(tmp_path):
     content = database.read_bytes()
     database.write_bytes(content[: len(content) // 3])
     cfg = OmegaConf.create({**STUDY_CFG, "storage": url})
-    with pytest.raises(ConfigError, match="cannot be read as an Optuna study store") as caught:
+    with pytest.raises(ConfigError, match="cannot be opened as an Optuna study store") as caught:
         storage = make_storage(cfg, f"sqlite:///{tmp_path}/mlflow.db")
         optuna.load_study(study_name="s", storage=storage).get_trials()
     assert str(database) in str(caught.value) and "\n" not in str(caught.value)
