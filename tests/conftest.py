@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -121,3 +123,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def run_command(module: str, *args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m study.MODULE ARGS` as a user runs it: a fresh process in `cwd`, with Hydra's
+    default error reporting (the commands themselves turn errors into one line)."""
+    env = {**os.environ}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, "-m", f"study.{module}", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )

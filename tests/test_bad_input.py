@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,23 +18,9 @@ from mlflow import MlflowClient
 from study import report, reproduce
 from study.backend import visible_gpus
 from study.config import ConfigError, checked_sweep_config, gpus_problem
-from tests.conftest import TINY_VALIDATION, compose_config, free_port, synthetic_digits
+from tests.conftest import TINY_VALIDATION, compose_config, free_port, run_command, synthetic_digits
 
 PASSWORD = "S3cretPW"
-
-
-def run_command(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(
-        [sys.executable, "-m", f"study.{module}", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=300,
-        check=False,
-    )
 
 
 def assert_refused(done: subprocess.CompletedProcess, expected: str, cwd: Path) -> None:

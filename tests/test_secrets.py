@@ -4,34 +4,17 @@ MLflow or Optuna table, not on the console, also when the command fails."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import psycopg
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import free_port
+from tests.conftest import free_port, run_command
 from tests.test_scale_out import TrackingServer, postgres  # noqa: F401 - a fixture
 
 PASSWORD = "Pl4ntedPW"
-
-
-def run_command(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(
-        [sys.executable, "-m", f"study.{module}", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=600,
-        check=False,
-    )
 
 
 def files_holding(folder: Path, secret: str) -> list[Path]:
