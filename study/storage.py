@@ -26,6 +26,7 @@ import warnings
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 from mlflow import MlflowClient
 from omegaconf import DictConfig
 from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 
 SQLITE_LOCK_TIMEOUT_SECONDS = 60  # several workers write to one SQLite file
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 15
+SCHEMA_RACE_DELAYS = (0.5, 1.0, 2.0)  # seconds between looks at a schema being created
 SQLITE_HEADER = b"SQLite format 3\x00"
 # An empty file this young is being made by another driver that starts the same study.
 FRESH_FILE_SECONDS = 10
@@ -89,7 +91,7 @@ def make_storage(study_cfg: DictConfig, tracking_uri: str) -> optuna.storages.Ba
         # A host that drops packets answers in seconds, not after the system's TCP time-out.
         engine_kwargs = {"connect_args": {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS}}
     try:
-        return optuna.storages.RDBStorage(
+        return rdb_storage(
             url,
             engine_kwargs=engine_kwargs,
             heartbeat_interval=study_cfg.heartbeat_interval,
@@ -98,6 +100,17 @@ def make_storage(study_cfg: DictConfig, tracking_uri: str) -> optuna.storages.Ba
         )
     except Exception as error:  # unreachable server, truncated file, wrong password, ...
         raise ConfigError(describe_storage_error(error, url)) from None
+
+
+def rdb_storage(url: str, **kwargs) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage. Drivers on several machines starting on a new database all create
+    Optuna's tables; PostgreSQL lets one CREATE TABLE win and fails the others: look again."""
+    for delay in SCHEMA_RACE_DELAYS:
+        try:
+            return optuna.storages.RDBStorage(url, **kwargs)
+        except sqlalchemy.exc.IntegrityError:
+            time.sleep(delay)
+    return optuna.storages.RDBStorage(url, **kwargs)
 
 
 def grace_period(study_cfg: DictConfig) -> float:
