@@ -233,14 +233,25 @@ def fail_ownerless_trials(
         optuna.storages.fail_stale_trials(study)  # stale heartbeats: Optuna's check and our retry
     trials = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if trials is None else trials
     grace = grace_period(study_cfg)
-    retry = RetryWithSameParams(tracking_uri, study_cfg.max_retry)
     failed = 0
     for trial in trials:
-        if has_no_live_owner(trial, grace) and fail_trial(study, trial, "its worker is gone"):
+        if has_no_live_owner(trial, grace) and fail_and_retry(
+            study, trial, "its worker is gone", study_cfg, tracking_uri
+        ):
             log.warning("trial %d: its worker is gone; failed and retried", trial.number)
-            retry(study, study._storage.get_trial(trial._trial_id))
             failed += 1
     return failed
+
+
+def fail_and_retry(
+    study: optuna.Study, trial: FrozenTrial, reason: str, study_cfg: DictConfig, tracking_uri: str
+) -> bool:
+    """Fail a RUNNING trial and queue its retry; False if another process finished it first."""
+    if not fail_trial(study, trial, reason):
+        return False
+    retry = RetryWithSameParams(tracking_uri, study_cfg.max_retry)
+    retry(study, study._storage.get_trial(trial._trial_id))
+    return True
 
 
 def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:

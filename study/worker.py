@@ -40,7 +40,7 @@ from study.samplers import build_sampler, for_scheduler
 from study.scheduler import ladder_for
 from study.search_space import Composer, SearchSpace
 from study.signals import EXIT_CODE, WorkerSignals
-from study.storage import RetryWithSameParams, fail_ownerless_trials, fail_trial, make_storage
+from study.storage import RetryWithSameParams, fail_and_retry, fail_ownerless_trials, make_storage
 
 log = logging.getLogger("study.worker")
 
@@ -178,14 +178,12 @@ def fail_interrupted_trial(study: optuna.Study, objective: TrialObjective, setti
     if trial is None:
         return
     frozen = study._storage.get_trial(trial._trial_id)
+    tracking_uri = base.mlflow.tracking_uri
     if frozen.state == TrialState.RUNNING:
-        ours = fail_trial(study, frozen, "interrupted (Ctrl-C or SIGTERM)")
-    else:  # Optuna failed it when the interrupt came between its own lines
-        ours = frozen.state == TrialState.FAIL and FAIL_REASON_ATTR not in frozen.user_attrs
-    if ours:
-        RetryWithSameParams(base.mlflow.tracking_uri, settings.study.max_retry)(
-            study, study._storage.get_trial(trial._trial_id)
-        )
+        fail_and_retry(study, frozen, "interrupted (Ctrl-C or SIGTERM)", settings.study, tracking_uri)
+    elif frozen.state == TrialState.FAIL and FAIL_REASON_ATTR not in frozen.user_attrs:
+        # Optuna failed it when the interrupt came between its own lines: retry it all the same.
+        RetryWithSameParams(tracking_uri, settings.study.max_retry)(study, frozen)
 
 
 def main() -> None:
