@@ -210,10 +210,22 @@ def start_in_own_session(overrides, tmp_path) -> subprocess.Popen:
 
 
 def trial_states(tmp_path):
+    return [trial.state for trial in trials_so_far(tmp_path)]
+
+
+def trials_so_far(tmp_path):
     try:
-        return [trial.state for trial in load(tmp_path).trials]
+        return load(tmp_path).trials
     except Exception:  # the study does not exist yet
         return []
+
+
+def running_with_a_run(tmp_path):
+    """A RUNNING trial whose MLflow run is already recorded, after at least one trial finished."""
+    trials = trials_so_far(tmp_path)
+    if not any(t.state == TrialState.COMPLETE for t in trials):
+        return None
+    return next((t for t in trials if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs), None)
 
 
 def test_sigkill_mid_study_then_resume_finishes_exactly_n_trials(sweep_setup):
@@ -221,15 +233,14 @@ def test_sigkill_mid_study_then_resume_finishes_exactly_n_trials(sweep_setup):
     overrides += ["study.n_trials=4", "pruner=none", "trainer.epochs=4"]
     crashed = start_in_own_session(overrides, tmp_path)
     try:
-        wait_for(
-            lambda: (
-                TrialState.COMPLETE in trial_states(tmp_path) and TrialState.RUNNING in trial_states(tmp_path)
-            )
-        )
+        # Killed mid-training, its MLflow run open. A kill before the run is recorded (the
+        # ask-to-owner window) is tests/test_crash_safety.py's case.
+        wait_for(lambda: running_with_a_run(tmp_path))
     finally:
         os.killpg(crashed.pid, signal.SIGKILL)  # the whole machine goes down: driver and workers
         crashed.wait()
     killed = next(t for t in load(tmp_path).trials if t.state == TrialState.RUNNING)
+    assert "mlflow_run_id" in killed.user_attrs
 
     resumed = subprocess.run(
         sweep_command(overrides), cwd=tmp_path, capture_output=True, text=True, check=False
