@@ -22,11 +22,14 @@ target), `best_so_far.png`, `logs/`; prints the summary table.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime
 import itertools
 import json
+import math
 import os
 import platform
+import queue
 import signal
 import statistics
 import subprocess
@@ -69,7 +72,17 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=9, help="epochs of a full trial (default: 9)")
     parser.add_argument("--target", type=float, default=0.98, help="val_accuracy to reach (default: 0.98)")
     parser.add_argument(
+        "--also-target", default="", help="more val_accuracy targets for the table, comma-separated"
+    )
+    parser.add_argument(
         "--override", action="append", default=[], help="a config override for every study (repeatable)"
+    )
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        help="studies at once, each pinned to a CPU core of its own with taskset (default: 1, "
+        "one study at a time on the whole machine)",
     )
     parser.add_argument("--quick", action="store_true", help="digits, 30 s a study, one seed, TPE: ~3 min")
     parser.add_argument("--out", type=Path, help="results folder (default: runs/bench/search-<time>)")
@@ -83,6 +96,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--strategies: expected some of {', '.join(STRATEGIES)}, got {', '.join(unknown)}")
     if args.seeds < 1 or args.budget <= 0:
         parser.error("--seeds: expected 1 or more; --budget: expected > 0")
+    if not 1 <= args.parallel <= (os.cpu_count() or 1):
+        parser.error(f"--parallel: expected 1 to {os.cpu_count()} (the CPU cores), got {args.parallel}")
     if args.out is None:
         stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
         args.out = PROJECT_DIR / "runs" / "bench" / f"search-{stamp}"
@@ -113,14 +128,19 @@ def study_overrides(
     ]
 
 
-def run_study(args: argparse.Namespace, strategy: str, sampler: str, seed: int) -> list[dict]:
-    """One study, stopped at the budget; returns its best-so-far curve."""
+def run_study(
+    args: argparse.Namespace, strategy: str, sampler: str, seed: int, core: int | None = None
+) -> list[dict]:
+    """One study, stopped at the budget (on CPU core `core` only, when given); returns its
+    best-so-far curve."""
     name = f"{strategy}-{sampler}-{seed}"
     runs = args.out / "runs" / name
     command = [sys.executable, "-m", "study.sweep", *study_overrides(args, strategy, sampler, seed, runs)]
+    if core is not None:
+        command = ["taskset", "--cpu-list", str(core), *command]
     log_file = args.out / "logs" / f"{name}.log"
     env = {**os.environ, "PYTHONPATH": f"{PROJECT_DIR}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    print(f"{name}: {' '.join(command[1:])}", flush=True)
+    print(f"{name}: {' '.join(command)}", flush=True)
     with open(log_file, "w") as log:
         start = time.time()
         process = subprocess.Popen(
@@ -130,7 +150,11 @@ def run_study(args: argparse.Namespace, strategy: str, sampler: str, seed: int) 
             process.wait(timeout=args.budget + 5)
         except subprocess.TimeoutExpired:
             stop(process)
-    return curve(runs, start, args.budget, name)
+    try:
+        return curve(runs, start, args.budget, name)
+    except RuntimeError as error:  # one broken study does not cost the others' results
+        print(f"{name}: {error}", flush=True)
+        return []
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -170,25 +194,32 @@ def summarize(args: argparse.Namespace, curves: pd.DataFrame, trials: pd.DataFra
     rows = []
     for strategy, sampler in itertools.product(args.strategies, args.samplers):
         group = curves[(curves["strategy"] == strategy) & (curves["sampler"] == sampler)]
-        to_target, finals = [], []
-        for seed in range(args.seeds):
-            points = group[group["seed"] == seed]
-            finals.append(points["best_val_accuracy"].max() if len(points) else 0.0)
-            reached = points[points["best_val_accuracy"] >= args.target]["seconds"]
-            to_target.append(reached.min() if len(reached) else float("inf"))
+        seeds = [group[group["seed"] == seed] for seed in range(args.seeds)]
+        finals = [points["best_val_accuracy"].max() if len(points) else 0.0 for points in seeds]
+        to_target = {target: [seconds_to(points, target) for points in seeds] for target in targets(args)}
         counts = trials[(trials["strategy"] == strategy) & (trials["sampler"] == sampler)]
         rows.append(
             {
                 "strategy": strategy,
                 "sampler": sampler,
-                f"median_s_to_{args.target}": statistics.median(to_target),
-                "seeds_reaching_target": f"{sum(t != float('inf') for t in to_target)}/{args.seeds}",
+                **{f"median_s_to_{target}": statistics.median(times) for target, times in to_target.items()},
+                "seeds_reaching_target": f"{sum(t != math.inf for t in to_target[args.target])}/{args.seeds}",
                 "median_best_at_budget": statistics.median(finals),
                 "best_at_budget_per_seed": " ".join(f"{value:.4f}" for value in finals),
                 "median_configurations": statistics.median(counts["configurations"]),
             }
         )
     return pd.DataFrame(rows)
+
+
+def seconds_to(points: pd.DataFrame, target: float) -> float:
+    """When a best-so-far curve first reached `target` (inf: never)."""
+    reached = points[points["best_val_accuracy"] >= target]["seconds"]
+    return float(reached.min()) if len(reached) else math.inf
+
+
+def targets(args: argparse.Namespace) -> list[float]:
+    return [args.target, *(float(value) for value in args.also_target.split(",") if value)]
 
 
 def configurations(runs: Path) -> int:
@@ -229,20 +260,40 @@ def plot(args: argparse.Namespace, curves: pd.DataFrame) -> Path:
     return path
 
 
+def run_studies(args: argparse.Namespace, studies: list[tuple[int, str, str]]) -> list[list[dict]]:
+    """The studies' curves, in order; --parallel of them at a time, each on a core of its own."""
+    if args.parallel == 1:
+        return [run_study(args, strategy, sampler, seed) for seed, sampler, strategy in studies]
+    free_cores = queue.Queue()
+    for core in range(args.parallel):
+        free_cores.put(core)
+
+    def on_a_free_core(study: tuple[int, str, str]) -> list[dict]:
+        seed, sampler, strategy = study
+        core = free_cores.get()
+        try:
+            return run_study(args, strategy, sampler, seed, core)
+        finally:
+            free_cores.put(core)
+
+    with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
+        return list(pool.map(on_a_free_core, studies))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_arguments(argv)
     (args.out / "conf" / "search_space").mkdir(parents=True, exist_ok=True)
     (args.out / "conf" / "search_space" / "bench.yaml").write_text(SPACE)
     (args.out / "logs").mkdir(exist_ok=True)
+    # Seeds outermost: a cut-short bench still compares strategies.
+    studies = list(itertools.product(range(args.seeds), args.samplers, args.strategies))
     points, trials = [], []
-    for seed in range(args.seeds):  # seeds outermost: a cut-short bench still compares strategies
-        for sampler in args.samplers:
-            for strategy in args.strategies:
-                for row in run_study(args, strategy, sampler, seed):
-                    points.append({"strategy": strategy, "sampler": sampler, "seed": seed, **row})
-                runs = args.out / "runs" / f"{strategy}-{sampler}-{seed}"
-                key = {"strategy": strategy, "sampler": sampler, "seed": seed}
-                trials.append({**key, "configurations": configurations(runs)})
+    for (seed, sampler, strategy), curve_points in zip(studies, run_studies(args, studies), strict=True):
+        key = {"strategy": strategy, "sampler": sampler, "seed": seed}
+        points += [{**key, **row} for row in curve_points]
+        trials.append(
+            {**key, "configurations": configurations(args.out / "runs" / f"{strategy}-{sampler}-{seed}")}
+        )
     curves = pd.DataFrame(points, columns=["strategy", "sampler", "seed", "seconds", "best_val_accuracy"])
     curves.to_csv(args.out / "curves.csv", index=False)
     summary = summarize(args, curves, pd.DataFrame(trials))

@@ -37,7 +37,7 @@ from study.leaderboard import (
     space_targets,
     trial_config,
 )
-from study.scheduler import best_trial, config_of, rung_of
+from study.scheduler import Ladder, best_trial, config_of, is_promotion, rung_of
 from study.storage import MLFLOW_RUN_ATTR, TrialCounts, trial_score
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -81,10 +81,12 @@ class StudyProgress:
         workers: int = 1,
         log_folder: Path | None = None,
         console: Console | None = None,
+        ladder: Ladder | None = None,
     ):
         self.name = name
         self.n_trials = n_trials
         self.epochs = epochs  # None: a step budget decides (trainer.max_steps)
+        self.ladder = ladder  # scheduler=asha: a trial trains one segment of its configuration
         self.targets = dict(targets or {})  # Optuna param name -> the config key it sets
         self.workers = max(1, workers)
         self.console = console or Console(highlight=False)
@@ -104,7 +106,12 @@ class StudyProgress:
 
     @classmethod
     def from_settings(
-        cls, settings, epochs: int | None, workers: int, log_folder: Path | None = None
+        cls,
+        settings,
+        epochs: int | None,
+        workers: int,
+        log_folder: Path | None = None,
+        ladder: Ladder | None = None,
     ) -> StudyProgress:
         return cls(
             settings.study.name,
@@ -113,6 +120,7 @@ class StudyProgress:
             targets=space_targets(settings.search_space),
             workers=workers,
             log_folder=log_folder,
+            ladder=ladder,
         )
 
     # --- the poll ---------------------------------------------------------------------------
@@ -215,8 +223,19 @@ class StudyProgress:
         return describe_config(config)
 
     def epoch_text(self, trial: FrozenTrial) -> str:
+        if self.ladder is not None:
+            return self.segment_text(trial)
         done = len(trial.intermediate_values)
         return f"epoch {done}/{self.epochs}" if self.epochs else f"epoch {done}"
+
+    def segment_text(self, trial: FrozenTrial) -> str:
+        """scheduler=asha: where a trial is on its configuration's curve, up to its rung's end:
+        `rung 1 epoch 2/3` (a promotion reports the configuration's epochs, from where it resumed)."""
+        rung = min(rung_of(trial), self.ladder.top)
+        start, stop = self.ladder.segment(rung, first=not is_promotion(trial))
+        reached = max(trial.intermediate_values, default=start)
+        unit = "epoch" if self.ladder.unit == "epochs" else "step"
+        return f"rung {rung} {unit} {reached}/{stop}"
 
     def _done(self, counts: TrialCounts) -> int:
         return counts.done if self.done is None else self.done

@@ -41,7 +41,7 @@ from study.pool import WorkerPool
 from study.progress import StudyProgress, final_summary
 from study.pruners import build_pruner
 from study.samplers import build_sampler
-from study.scheduler import best_trial, ladder_for
+from study.scheduler import Ladder, best_trial, ladder_for
 from study.search_space import SearchSpace
 from study.storage import count_trials, describe_storage_error, fail_ownerless_trials, make_storage
 from study.tracking import (
@@ -112,7 +112,7 @@ def run_sweep(
         trials = study.get_trials(deepcopy=False)
         if judge(trials, settings, session_start, deadline, ladder=ladder).stop is None:
             epochs = None if base.trainer.max_steps else base.trainer.epochs  # shown as epoch k/n
-            Driver(study, settings, base, spec, study_dir, epochs).run()
+            Driver(study, settings, base, spec, study_dir, epochs, ladder).run()
         try:
             summary = finish(study, settings, parent, study_dir)
         finally:
@@ -125,7 +125,7 @@ def run_sweep(
         raise
     except Exception as error:  # a full disk, a store that cannot be written, ...
         end_quietly(parent, "FAILED", error)
-        raise session_failure(study, settings, session_start, deadline, study_dir, error) from error
+        raise session_failure(study, settings, session_start, deadline, study_dir, error, ladder) from error
     parent.end("FINISHED")
     return summary
 
@@ -160,6 +160,7 @@ def session_failure(
     deadline: float | None,
     study_dir: Path,
     error: Exception,
+    ladder: Ladder | None = None,
 ) -> StudyIncompleteError:
     """The one line for a session that broke after the stores were written; the traceback
     goes to logs/driver.log (when the disk still takes it)."""
@@ -173,7 +174,7 @@ def session_failure(
         where = ""
     reason = f"the session failed ({short_error(error)}{where})"
     try:
-        verdict = judge(study.get_trials(deepcopy=False), settings, session_start, deadline)
+        verdict = judge(study.get_trials(deepcopy=False), settings, session_start, deadline, ladder=ladder)
         return StudyIncompleteError(incomplete_message(settings, verdict, reason))
     except Exception:  # the study store itself is out of reach
         return StudyIncompleteError(
@@ -275,14 +276,16 @@ class Driver:
         spec: WorkerSpec,
         study_dir: Path,
         epochs: int | None = None,
+        ladder: Ladder | None = None,
     ):
         self.study = study
         self.settings = settings
         self.tracking_uri = base.mlflow.tracking_uri
         self.spec = spec
         self.pool = WorkerPool(settings.study, spec, study_dir / "logs")
-        self.progress = StudyProgress.from_settings(settings, epochs, len(self.pool.workers), self.pool.logs)
-        self.ladder = ladder_for(settings, base)
+        self.ladder = ladder  # scheduler=asha: its rungs (run_sweep checked them)
+        workers = len(self.pool.workers)
+        self.progress = StudyProgress.from_settings(settings, epochs, workers, self.pool.logs, ladder)
 
     def run(self) -> None:
         previous = signal.signal(signal.SIGTERM, signal.default_int_handler)

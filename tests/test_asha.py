@@ -13,6 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 from study import report, reproduce, scheduler
+from study.names import WORKER_ATTR
 from study.sweep import run_sweep
 from tests.conftest import compose_config
 from tests.test_sweep import all_runs, load, start_in_own_session, stores, sweep_command, wait_for
@@ -141,3 +142,83 @@ def test_a_promotion_killed_mid_rung_is_retried_from_its_checkpoint(sweep_setup)
     assert all(len(values) == 1 for values in by_step.values()), by_step
     assert sorted(by_step) == list(range(1, max(by_step) + 1))
     assert runs[run_id].info.status == "FINISHED"
+
+
+def test_hyperband_brackets_and_two_workers_as_a_user_runs_them(sweep_setup):
+    """`scheduler.brackets=2` from the shell with two workers: some configurations start at
+    rung 1 (two epochs from scratch), and every invariant of one run per configuration holds."""
+    tmp_path, overrides = sweep_setup
+    overrides += [*ASHA, "scheduler.brackets=2", "study.n_workers=2", "study.n_trials=6"]
+    done = subprocess.run(sweep_command(overrides), cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    study, client, runs = check_one_run_per_configuration(tmp_path, 6)
+    assert len(runs) == 6
+    trials = study.get_trials()
+    assert scheduler.is_done(trials, 6, scheduler.Ladder((1, 2, 4), 2, brackets=2))
+    firsts = [t for t in scheduler.first_segments(trials) if t.state == TrialState.COMPLETE]
+    starts = {t.number: scheduler.rung_of(t) for t in firsts}
+    assert sorted(starts.values()) == [0, 0, 0, 0, 1, 1], starts  # Hyperband's 4:3 share of 6
+    for trial in firsts:
+        points = curve(client, trial.user_attrs["mlflow_run_id"])
+        budget = (1, 2, 4)[scheduler.rung_of(trial)]
+        assert trial.value == max(value for step, value in points if step <= budget)
+        assert [step for step, _ in points][:budget] == list(range(1, budget + 1))
+    # A bracket-1 configuration is ranked only against its own bracket: no rung-0 result of it.
+    assert not [t for t in trials if starts.get(scheduler.config_of(t)) == 1 and scheduler.rung_of(t) == 0]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_worker_killed_mid_promotion_is_replaced_and_the_promotion_retried(sweep_setup):
+    """Two workers; SIGKILL to the one training a promotion (the driver lives on): the driver
+    starts a replacement, the promotion is retried from its checkpoint, and the study ends with
+    one run per configuration and nothing left running."""
+    tmp_path, overrides = sweep_setup
+    overrides += [
+        *ASHA,
+        "study.n_workers=2",
+        "study.n_trials=6",
+        "trainer.epochs=12",
+        "scheduler.max_resource=12",
+    ]
+
+    def promotion_mid_rung():
+        try:
+            trials = load(tmp_path).get_trials()
+        except Exception:
+            return None
+        for trial in trials:
+            running = trial.state == TrialState.RUNNING and trial.intermediate_values
+            if scheduler.is_promotion(trial) and running and WORKER_ATTR in trial.user_attrs:
+                return trial
+        return None
+
+    driver = subprocess.Popen(
+        sweep_command(overrides), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        killed = wait_for(promotion_mid_rung, timeout=300, interval=0.2)
+        os.kill(int(killed.user_attrs[WORKER_ATTR].rsplit(":", 1)[1]), signal.SIGKILL)
+        output, _ = driver.communicate(timeout=600)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 0, output[-3000:]
+    assert "starting a replacement" in output
+
+    study, client, runs = check_one_run_per_configuration(tmp_path, 6)
+    trials = study.get_trials()
+    assert trials[killed.number].state == TrialState.FAIL
+
+    def key(trial):
+        return scheduler.is_promotion(trial), scheduler.config_of(trial), scheduler.rung_of(trial)
+
+    (retry,) = [t for t in trials if key(t) == key(killed) and t.state == TrialState.COMPLETE]
+    assert retry.params == killed.params
+    by_step: dict[int, set[float]] = {}
+    for step, value in curve(client, retry.user_attrs["mlflow_run_id"]):
+        by_step.setdefault(step, set()).add(value)
+    assert all(len(values) == 1 for values in by_step.values()), by_step
+    assert sorted(by_step) == list(range(1, max(by_step) + 1))
+    assert runs[retry.user_attrs["mlflow_run_id"]].info.status == "FINISHED"

@@ -16,6 +16,7 @@ from rich.console import Console
 
 from study.leaderboard import trials_table
 from study.progress import StudyProgress, final_summary
+from study.scheduler import Ladder
 from study.storage import count_trials
 
 TARGETS = {
@@ -178,3 +179,29 @@ def test_leaderboard_columns_are_config_keys_with_roles_and_rounded_figures():
     assert table["test_accuracy"].notna().sum() == 1
     assert list(table["optimizer.learning_rate"]) == [0.5, 0.00123, 0.00123, 0.00123, 0.00123]
     assert table.iloc[4]["error"] == "NonFiniteLossError: train_loss is nan"
+
+
+def test_asha_segments_show_their_rung_and_where_they_are_on_the_configurations_curve():
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=False, width=200, color_system=None)
+    ladder = Ladder((1, 3, 9), 3)
+    shown = StudyProgress("asha", 6, 9, targets=TARGETS, console=console, ladder=ladder)
+    first = trial(0, TrialState.RUNNING, None, ())
+    promotion = create_trial(
+        state=TrialState.RUNNING,
+        params=first.params,
+        distributions=first.distributions,
+        intermediate_values={4: 0.95, 5: 0.96},  # resumed at epoch 3 of configuration 0
+        user_attrs={"config": 0, "rung": 2},
+    )
+    just_promoted = create_trial(
+        state=TrialState.RUNNING,
+        params=first.params,
+        distributions=first.distributions,
+        user_attrs={"config": 0, "rung": 1},
+    )
+    assert shown.epoch_text(first) == "rung 0 epoch 0/1"
+    assert shown.epoch_text(promotion) == "rung 2 epoch 5/9"
+    assert shown.epoch_text(just_promoted) == "rung 1 epoch 1/3"
+    steps = StudyProgress("asha", 6, None, console=console, ladder=Ladder((30, 90, 270), 3, unit="steps"))
+    assert steps.epoch_text(promotion) == "rung 2 step 5/270"

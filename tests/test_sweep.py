@@ -225,7 +225,8 @@ def running_with_a_run(tmp_path):
     trials = trials_so_far(tmp_path)
     if not any(t.state == TrialState.COMPLETE for t in trials):
         return None
-    return next((t for t in trials if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs), None)
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    return next((t for t in running if "mlflow_run_id" in t.user_attrs), None)
 
 
 def test_sigkill_mid_study_then_resume_finishes_exactly_n_trials(sweep_setup):
