@@ -46,6 +46,41 @@ def check_one_run_per_configuration(tmp_path: Path, n_trials: int):
     return study, client, runs
 
 
+def check_retried_from_its_checkpoint(tmp_path: Path, killed, n_trials: int) -> None:
+    """The killed promotion failed and was retried once, with its params, from the
+    configuration's last checkpoint: the epochs the killed attempt logged were logged again by
+    the retry with the same values; the study's invariants hold."""
+    study, client, runs = check_one_run_per_configuration(tmp_path, n_trials)
+    trials = study.get_trials()
+    assert trials[killed.number].state == TrialState.FAIL
+
+    def key(trial):
+        return scheduler.is_promotion(trial), scheduler.config_of(trial), scheduler.rung_of(trial)
+
+    (retry,) = [t for t in trials if key(t) == key(killed) and t.state == TrialState.COMPLETE]
+    assert retry.params == killed.params
+    run_id = retry.user_attrs["mlflow_run_id"]
+    by_step: dict[int, set[float]] = {}
+    for step, value in curve(client, run_id):
+        by_step.setdefault(step, set()).add(value)
+    assert all(len(values) == 1 for values in by_step.values()), by_step
+    assert sorted(by_step) == list(range(1, max(by_step) + 1))
+    assert runs[run_id].info.status == "FINISHED"
+
+
+def promotion_mid_rung(tmp_path: Path):
+    """A promotion that is training (an epoch in) with its worker recorded, or None."""
+    try:
+        trials = load(tmp_path).get_trials()
+    except Exception:  # the study does not exist yet
+        return None
+    for trial in trials:
+        running = trial.state == TrialState.RUNNING and trial.intermediate_values
+        if scheduler.is_promotion(trial) and running and WORKER_ATTR in trial.user_attrs:
+            return trial
+    return None
+
+
 def test_asha_study_promotes_configurations_from_their_checkpoints(sweep_setup):
     tmp_path, overrides = sweep_setup
     overrides += [*ASHA, "study.n_trials=4"]
@@ -102,20 +137,9 @@ def test_a_promotion_killed_mid_rung_is_retried_from_its_checkpoint(sweep_setup)
     tmp_path, overrides = sweep_setup
     overrides += [*ASHA, "study.n_trials=4", "trainer.epochs=12", "scheduler.max_resource=12"]  # 1, 2, 4, 12
 
-    def promotion_mid_rung():
-        try:
-            trials = load(tmp_path).get_trials()
-        except Exception:
-            return None
-        for trial in trials:
-            running = trial.state == TrialState.RUNNING and trial.intermediate_values  # an epoch in
-            if scheduler.is_promotion(trial) and running:
-                return trial
-        return None
-
     crashed = start_in_own_session(overrides, tmp_path)
     try:
-        killed = wait_for(promotion_mid_rung, timeout=300, interval=0.2)
+        killed = wait_for(lambda: promotion_mid_rung(tmp_path), timeout=300, interval=0.2)
     finally:
         os.killpg(crashed.pid, signal.SIGKILL)
         crashed.wait()
@@ -123,25 +147,7 @@ def test_a_promotion_killed_mid_rung_is_retried_from_its_checkpoint(sweep_setup)
     resumed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, check=False)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
-    study = load(tmp_path)
-    trials = study.get_trials()
-    assert trials[killed.number].state == TrialState.FAIL
-
-    def key(trial):
-        return scheduler.is_promotion(trial), scheduler.config_of(trial), scheduler.rung_of(trial)
-
-    (retry,) = [t for t in trials if key(t) == key(killed) and t.state == TrialState.COMPLETE]
-    assert retry.params == killed.params
-    _, client, runs = check_one_run_per_configuration(tmp_path, 4)
-    run_id = retry.user_attrs["mlflow_run_id"]
-    points = curve(client, run_id)
-    by_step: dict[int, set[float]] = {}
-    for step, value in points:
-        by_step.setdefault(step, set()).add(value)
-    # The killed attempt's epochs were logged again by the retry, with the same values.
-    assert all(len(values) == 1 for values in by_step.values()), by_step
-    assert sorted(by_step) == list(range(1, max(by_step) + 1))
-    assert runs[run_id].info.status == "FINISHED"
+    check_retried_from_its_checkpoint(tmp_path, killed, 4)
 
 
 def test_hyperband_brackets_and_two_workers_as_a_user_runs_them(sweep_setup):
@@ -183,22 +189,11 @@ def test_a_worker_killed_mid_promotion_is_replaced_and_the_promotion_retried(swe
         "scheduler.max_resource=12",
     ]
 
-    def promotion_mid_rung():
-        try:
-            trials = load(tmp_path).get_trials()
-        except Exception:
-            return None
-        for trial in trials:
-            running = trial.state == TrialState.RUNNING and trial.intermediate_values
-            if scheduler.is_promotion(trial) and running and WORKER_ATTR in trial.user_attrs:
-                return trial
-        return None
-
     driver = subprocess.Popen(
         sweep_command(overrides), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     try:
-        killed = wait_for(promotion_mid_rung, timeout=300, interval=0.2)
+        killed = wait_for(lambda: promotion_mid_rung(tmp_path), timeout=300, interval=0.2)
         os.kill(int(killed.user_attrs[WORKER_ATTR].rsplit(":", 1)[1]), signal.SIGKILL)
         output, _ = driver.communicate(timeout=600)
     finally:
@@ -207,18 +202,4 @@ def test_a_worker_killed_mid_promotion_is_replaced_and_the_promotion_retried(swe
     assert driver.returncode == 0, output[-3000:]
     assert "starting a replacement" in output
 
-    study, client, runs = check_one_run_per_configuration(tmp_path, 6)
-    trials = study.get_trials()
-    assert trials[killed.number].state == TrialState.FAIL
-
-    def key(trial):
-        return scheduler.is_promotion(trial), scheduler.config_of(trial), scheduler.rung_of(trial)
-
-    (retry,) = [t for t in trials if key(t) == key(killed) and t.state == TrialState.COMPLETE]
-    assert retry.params == killed.params
-    by_step: dict[int, set[float]] = {}
-    for step, value in curve(client, retry.user_attrs["mlflow_run_id"]):
-        by_step.setdefault(step, set()).add(value)
-    assert all(len(values) == 1 for values in by_step.values()), by_step
-    assert sorted(by_step) == list(range(1, max(by_step) + 1))
-    assert runs[retry.user_attrs["mlflow_run_id"]].info.status == "FINISHED"
+    check_retried_from_its_checkpoint(tmp_path, killed, 6)
