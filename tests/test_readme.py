@@ -509,7 +509,7 @@ CASES: dict[str, Case] = {
     # Studies
     DEFAULT_STUDY: Case(append=SWEEP, expect=(study_done("default", 2),), slow=True),
     CNN_LR: Case(append=f"{LOCAL_MNIST} {SWEEP}", expect=(study_done("cnn-lr", 2),), slow=True),
-    "python -m study.sweep study.name=asha scheduler=asha pruner=none": Case(
+    "python -m study.sweep study.name=asha scheduler=asha": Case(
         append=f"{LOCAL_MNIST} {SWEEP} trainer.epochs=3",
         expect=(study_done("asha", 2, exact=False),),
         slow=True,

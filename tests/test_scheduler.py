@@ -102,11 +102,19 @@ def test_ladder_defaults_to_the_trainer_budget_and_refuses_bad_combinations():
     ],
 )
 def test_bad_scheduler_settings_are_one_line_errors(overrides, expected):
-    pruner = [] if any(o.startswith("pruner=") for o in overrides) else ["pruner=none"]
-    cfg = compose_config("sweep", ["scheduler=asha", *pruner, *overrides])
+    cfg = compose_config("sweep", ["scheduler=asha", *overrides])
     with pytest.raises(ConfigError) as caught:
         checked_sweep_config(cfg)
     assert str(caught.value).startswith(expected)
+
+
+def test_scheduler_asha_sets_pruner_none_and_a_named_pruner_is_refused():
+    """`scheduler=asha` alone is a valid sweep: the scheduler decides what goes on, so its
+    config sets pruner=none; a pruner named on the command line wins and is refused above."""
+    cfg = compose_config("sweep", ["scheduler=asha"])
+    assert cfg.pruner.name == "none"
+    checked_sweep_config(cfg)
+    assert compose_config("sweep", ["pruner=median", "scheduler=asha"]).pruner.name == "median"
 
 
 def test_nothing_is_promoted_before_a_rung_has_eta_results():
