@@ -1,22 +1,26 @@
 """Time to a good model: search strategies on the same wall budget and the same space.
 
-    python bench/search.py --data-path ../shared/data/mnist          # MNIST: 4 x 2 x 3 studies of 20 min
-    python bench/search.py --quick                                    # digits, tiny budget: about 2 min
+    python bench/search.py --data-path ../shared/data/mnist          # MNIST: 5 x 2 x 3 studies of 20 min
+    python bench/search.py --quick                                    # digits, tiny budget: about 3 min
 
 Each study is a real `python -m study.sweep` in its own process and stores, one worker, given
-`--budget` seconds (study.timeout, then Ctrl-C at the budget: a trial still running is cut).
+`--budget` seconds (study.timeout, then Ctrl-C at the budget: a trial still running is cut);
+`--parallel N` runs N studies at once, each pinned to a CPU core of its own.
 Strategies: `none` (every trial trains all its epochs), `median` (Optuna's MedianPruner),
-`hyperband` (Optuna's HyperbandPruner), `asha` (scheduler=asha: promotion from checkpoints);
-each with the samplers of `--samplers` (TPE, random) and `--seeds` seeds (sampler and
-trainer seed). The space is the one the issue names: softmax or the Deep-MNIST CNN x SGD /
-Adam / RMSProp x log learning rate 1e-4..1 x dropout (CNN), batch 100, `--epochs` (9) at most,
-no enqueued baseline.
+`hyperband` (Optuna's HyperbandPruner), `asha` (scheduler=asha: promotion from checkpoints,
+rungs of 1, 3, 9 epochs), `asha-steps` (the same with a first rung of `--first-rung-steps`
+optimizer steps); each with the samplers of `--samplers` (TPE, random) and `--seeds` seeds
+(sampler and trainer seed). The space: softmax or the Deep-MNIST CNN x SGD / Adam / RMSProp x
+log learning rate 1e-4..1 x dropout (CNN), batch 100, `--epochs` (9) at most, no enqueued
+baseline.
 
 The score over time is the best validation accuracy any run had logged by then (MLflow's
 per-epoch metrics and their timestamps, from the sweep's start), whatever the strategy did with
-it. Writes to --out: `curves.csv` (every point), `summary.csv` (per strategy and sampler: median
-over seeds of the time to `--target` and of the best at the budget; seeds that reached the
-target), `best_so_far.png`, `logs/`; prints the summary table.
+it. Writes to --out: `curves.csv` (every point) and `studies.csv` (configurations per study),
+both after every study, so the same command with the same --out goes on where a cut-short
+bench stopped, and one with more strategies or seeds runs only those; `summary.csv` (per
+strategy and sampler: median over seeds of the time to `--target` and of the best at the
+budget; seeds that reached the target), `best_so_far.png`, `logs/`; prints the summary table.
 """
 
 from __future__ import annotations
@@ -34,8 +38,10 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -49,6 +55,8 @@ STRATEGIES = {
     "median": ["pruner=median", "scheduler=none"],
     "hyperband": ["pruner=hyperband", "scheduler=none"],
     "asha": ["pruner=none", "scheduler=asha"],
+    # ASHA with a first rung shorter than an epoch (--first-rung-steps optimizer steps).
+    "asha-steps": ["pruner=none", "scheduler=asha", "scheduler.resource_unit=steps"],
 }
 SPACE = """\
 # bench/search.py: softmax or the Deep-MNIST CNN x SGD/Adam/RMSProp x learning rate x dropout.
@@ -78,6 +86,13 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "--override", action="append", default=[], help="a config override for every study (repeatable)"
     )
     parser.add_argument(
+        "--first-rung-steps",
+        type=int,
+        default=183,
+        help="asha-steps: optimizer steps of the first rung (default: 183, a third of an epoch of "
+        "MNIST's 55,000 training images at batch 100)",
+    )
+    parser.add_argument(
         "--parallel",
         type=int,
         default=1,
@@ -89,6 +104,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.budget, args.seeds, args.samplers, args.target = 30.0, 1, "tpe", 0.9
+        args.first_rung_steps = 4  # a third of an epoch of digits
     args.strategies = [s for s in args.strategies.split(",") if s]
     args.samplers = [s for s in args.samplers.split(",") if s]
     unknown = [s for s in args.strategies if s not in STRATEGIES]
@@ -124,6 +140,7 @@ def study_overrides(
         "trainer.batch_size=100",
         "trainer.verbose=0",
         *STRATEGIES[strategy],
+        *([f"scheduler.min_resource={args.first_rung_steps}"] if strategy == "asha-steps" else []),
         *args.override,
     ]
 
@@ -234,7 +251,9 @@ def configurations(runs: Path) -> int:
 
 def plot(args: argparse.Namespace, curves: pd.DataFrame) -> Path:
     figure, axes = plt.subplots(1, len(args.samplers), figsize=(7 * len(args.samplers), 5), squeeze=False)
-    colors = dict(zip(STRATEGIES, ("tab:gray", "tab:blue", "tab:orange", "tab:green"), strict=True))
+    colors = dict(
+        zip(STRATEGIES, ("tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:red"), strict=True)
+    )
     for axis, sampler in zip(axes[0], args.samplers, strict=True):
         for strategy in args.strategies:
             mine = curves[(curves["strategy"] == strategy) & (curves["sampler"] == sampler)]
@@ -260,24 +279,73 @@ def plot(args: argparse.Namespace, curves: pd.DataFrame) -> Path:
     return path
 
 
-def run_studies(args: argparse.Namespace, studies: list[tuple[int, str, str]]) -> list[list[dict]]:
-    """The studies' curves, in order; --parallel of them at a time, each on a core of its own."""
-    if args.parallel == 1:
-        return [run_study(args, strategy, sampler, seed) for seed, sampler, strategy in studies]
-    free_cores = queue.Queue()
-    for core in range(args.parallel):
+class Results:
+    """What the bench measured: every study's curve and configurations, saved to --out after each
+    study (curves.csv, studies.csv), so a bench cut short, or one given more strategies, runs
+    again with the same --out and measures only what is missing."""
+
+    CURVE_COLUMNS: ClassVar[list[str]] = ["strategy", "sampler", "seed", "seconds", "best_val_accuracy"]
+    STUDY_COLUMNS: ClassVar[list[str]] = ["strategy", "sampler", "seed", "configurations"]
+
+    def __init__(self, out: Path):
+        self.curves_file, self.studies_file = out / "curves.csv", out / "studies.csv"
+        self.curves = self._read(self.curves_file, self.CURVE_COLUMNS)
+        self.studies = self._read(self.studies_file, self.STUDY_COLUMNS)
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def _read(path: Path, columns: list[str]) -> pd.DataFrame:
+        return pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=columns)
+
+    def has(self, seed: int, sampler: str, strategy: str) -> bool:
+        studies = self.studies
+        mine = (studies["seed"] == seed) & (studies["sampler"] == sampler) & (studies["strategy"] == strategy)
+        return bool(mine.any())
+
+    def add(self, seed: int, sampler: str, strategy: str, points: list[dict], configurations: int) -> None:
+        key = {"strategy": strategy, "sampler": sampler, "seed": seed}
+        with self.lock:
+            rows = pd.DataFrame([{**key, **point} for point in points], columns=self.CURVE_COLUMNS)
+            self.curves = pd.concat([self.curves, rows], ignore_index=True) if len(rows) else self.curves
+            study = pd.DataFrame([{**key, "configurations": configurations}], columns=self.STUDY_COLUMNS)
+            self.studies = pd.concat([self.studies, study], ignore_index=True)
+            self.curves.to_csv(self.curves_file, index=False)
+            self.studies.to_csv(self.studies_file, index=False)
+
+    def of(self, studies: list[tuple[int, str, str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The curves and study rows of `studies` (this bench's seeds, samplers and strategies)."""
+        keys = {(seed, sampler, strategy) for seed, sampler, strategy in studies}
+
+        def mine(frame: pd.DataFrame) -> pd.DataFrame:
+            rows = zip(frame["seed"], frame["sampler"], frame["strategy"], strict=True)
+            return frame[[key in keys for key in rows]]
+
+        return mine(self.curves), mine(self.studies)
+
+
+def run_studies(args: argparse.Namespace, studies: list[tuple[int, str, str]], results: Results) -> None:
+    """Run `studies` into `results`; --parallel of them at a time, each on a core of its own."""
+    free_cores: queue.Queue[int | None] = queue.Queue()
+    for core in range(args.parallel) if args.parallel > 1 else [None]:
         free_cores.put(core)
 
-    def on_a_free_core(study: tuple[int, str, str]) -> list[dict]:
+    def on_a_free_core(study: tuple[int, str, str]) -> None:
         seed, sampler, strategy = study
         core = free_cores.get()
         try:
-            return run_study(args, strategy, sampler, seed, core)
+            points = run_study(args, strategy, sampler, seed, core)
         finally:
             free_cores.put(core)
+        results.add(
+            seed,
+            sampler,
+            strategy,
+            points,
+            configurations(args.out / "runs" / f"{strategy}-{sampler}-{seed}"),
+        )
 
     with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
-        return list(pool.map(on_a_free_core, studies))
+        list(pool.map(on_a_free_core, studies))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -287,16 +355,15 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "logs").mkdir(exist_ok=True)
     # Seeds outermost: a cut-short bench still compares strategies.
     studies = list(itertools.product(range(args.seeds), args.samplers, args.strategies))
-    points, trials = [], []
-    for (seed, sampler, strategy), curve_points in zip(studies, run_studies(args, studies), strict=True):
-        key = {"strategy": strategy, "sampler": sampler, "seed": seed}
-        points += [{**key, **row} for row in curve_points]
-        trials.append(
-            {**key, "configurations": configurations(args.out / "runs" / f"{strategy}-{sampler}-{seed}")}
+    results = Results(args.out)
+    to_run = [study for study in studies if not results.has(*study)]
+    if len(to_run) < len(studies):
+        print(
+            f"{len(studies) - len(to_run)} studies measured earlier in {args.out}: not run again", flush=True
         )
-    curves = pd.DataFrame(points, columns=["strategy", "sampler", "seed", "seconds", "best_val_accuracy"])
-    curves.to_csv(args.out / "curves.csv", index=False)
-    summary = summarize(args, curves, pd.DataFrame(trials))
+    run_studies(args, to_run, results)
+    curves, trials = results.of(studies)
+    summary = summarize(args, curves, trials)
     summary.to_csv(args.out / "summary.csv", index=False)
     plot(args, curves)
     settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}

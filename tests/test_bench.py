@@ -40,15 +40,38 @@ def test_quick_benchmark_prints_and_writes_its_tables(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_quick_search_benchmark_writes_curves_summary_and_plot(tmp_path):
+def test_quick_search_benchmark_writes_curves_summary_and_plot_and_goes_on_where_it_stopped(tmp_path):
     out = tmp_path / "search"
-    command = [sys.executable, "bench/search.py", "--quick", "--strategies", "median,asha", "--out", str(out)]
-    done = subprocess.run(command, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+
+    def bench(strategies: str) -> subprocess.CompletedProcess:
+        command = [
+            sys.executable,
+            "bench/search.py",
+            "--quick",
+            "--strategies",
+            strategies,
+            "--out",
+            str(out),
+        ]
+        done = subprocess.run(command, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        return done
+
+    bench("median,asha-steps")
+    # The same --out with one more strategy: the two measured studies are not run again.
+    done = bench("median,asha-steps,asha")
+    assert "2 studies measured earlier" in done.stdout
+    assert [line.split(":")[0] for line in done.stdout.splitlines() if " -m study.sweep " in line] == [
+        "asha-tpe-0"
+    ]
     summary = pd.read_csv(out / "summary.csv")
-    assert list(summary["strategy"]) == ["median", "asha"] and list(summary["sampler"]) == ["tpe", "tpe"]
+    assert list(summary["strategy"]) == ["median", "asha-steps", "asha"]
+    assert list(summary["sampler"]) == ["tpe"] * 3
     curves = pd.read_csv(out / "curves.csv")
-    assert set(curves["strategy"]) <= {"median", "asha"}
+    assert set(curves["strategy"]) <= {"median", "asha-steps", "asha"}
     assert curves.groupby("strategy")["best_val_accuracy"].is_monotonic_increasing.all()
+    assert len(pd.read_csv(out / "studies.csv")) == 3
     assert (out / "best_so_far.png").stat().st_size > 0
     assert "median_s_to_0.9" in done.stdout
+    steps_log = (out / "logs" / "asha-steps-tpe-0.log").read_text()
+    assert "rung 0 step" in steps_log  # the first rung is counted in optimizer steps

@@ -41,6 +41,10 @@ from tests.conftest import free_port
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 README = PROJECT_DIR / "README.md"
 COMMAND_TIMEOUT = 900  # seconds; the slowest case (bench --quick) takes about 3 minutes
+MEASURED_SEARCH = (  # README's table of search strategies; the test runs it --quick
+    "python bench/search.py --data-path ../shared/data/mnist --override data.max_train_samples=10000 "
+    "--budget 300 --parallel 2 --first-rung-steps 33 --target 0.96 --also-target 0.97"
+)
 
 # --- reading README.md ------------------------------------------------------------------------
 
@@ -421,11 +425,11 @@ def optuna_dashboard_lists_the_study(result: Result, ws: Workspace, port: int) -
     assert "default" in json.dumps(studies)
 
 
-def search_results(strategy: str) -> Expectation:
-    """README: bench/search.py writes curves.csv, summary.csv and best_so_far.png."""
+def search_results(strategy: str, folder: str) -> Expectation:
+    """README: bench/search.py writes curves.csv, summary.csv and best_so_far.png to runs/FOLDER."""
 
     def check(result: Result, ws: Workspace) -> None:
-        out = ws.work / "runs" / ("search-readme" if "search-readme" in result.command else "search-quick")
+        out = ws.work / "runs" / folder
         assert list(pd.read_csv(out / "summary.csv")["strategy"]) == [strategy], result.describe()
         assert (out / "curves.csv").is_file() and (out / "best_so_far.png").stat().st_size > 0
 
@@ -585,12 +589,17 @@ CASES: dict[str, Case] = {
     ),
     "python bench/search.py --data-path ../shared/data/mnist": Case(
         append="--quick --strategies asha --out {work}/runs/search-readme",
-        expect=(search_results("asha"),),
+        expect=(search_results("asha", "search-readme"),),
+        slow=True,
+    ),
+    MEASURED_SEARCH: Case(
+        append="--quick --strategies asha-steps --out {work}/runs/search-parallel",
+        expect=(search_results("asha-steps", "search-parallel"),),
         slow=True,
     ),
     "python bench/search.py --quick": Case(
         append="--strategies median --out {work}/runs/search-quick",
-        expect=(search_results("median"),),
+        expect=(search_results("median", "search-quick"),),
         slow=True,
     ),
     # Development
