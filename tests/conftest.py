@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +23,14 @@ NUM_CLASSES = 10
 # Small enough to train in a second, large enough for the models to learn something.
 TINY_SIZES = {"train": 400, "test": 100}
 TINY_VALIDATION = 100
+
+
+def pytest_configure(config):
+    """The tests send Ctrl-C (SIGINT) to the commands they start. A shell that starts the suite
+    in the background (`cmd &` without job control) makes it ignore SIGINT, and an ignored
+    signal stays ignored in every child: restore it, so the children are as a terminal's."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def synthetic_digits(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
