@@ -147,9 +147,9 @@ def study_overrides(
 
 def run_study(
     args: argparse.Namespace, strategy: str, sampler: str, seed: int, core: int | None = None
-) -> list[dict]:
+) -> tuple[list[dict], int]:
     """One study, stopped at the budget (on CPU core `core` only, when given); returns its
-    best-so-far curve."""
+    best-so-far curve and the configurations it tried."""
     name = f"{strategy}-{sampler}-{seed}"
     runs = args.out / "runs" / name
     command = [sys.executable, "-m", "study.sweep", *study_overrides(args, strategy, sampler, seed, runs)]
@@ -168,10 +168,10 @@ def run_study(
         except subprocess.TimeoutExpired:
             stop(process)
     try:
-        return curve(runs, start, args.budget, name)
+        return measure(runs, start, args.budget, name)
     except RuntimeError as error:  # one broken study does not cost the others' results
         print(f"{name}: {error}", flush=True)
-        return []
+        return [], 0
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -184,16 +184,21 @@ def stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def curve(runs: Path, start: float, budget: float, name: str) -> list[dict]:
-    """(seconds since the start, best val_accuracy so far) at every logged validation."""
+def measure(runs: Path, start: float, budget: float, name: str) -> tuple[list[dict], int]:
+    """A study's best-so-far curve, (seconds since the start, best val_accuracy so far) at every
+    logged validation, and its MLflow child runs: one per configuration tried (with asha a run
+    spans its rungs)."""
     client = MlflowClient(tracking_uri=f"sqlite:///{runs}/mlflow.db")
     experiment = client.get_experiment_by_name("study")
     if experiment is None:
         raise RuntimeError(f"{name}: no MLflow experiment was written; see logs/{name}.log")
     points = []
-    for run in client.search_runs([experiment.experiment_id], max_results=50000):
-        if run.data.tags.get("study.role") == "parent":
-            continue
+    children = [
+        run
+        for run in client.search_runs([experiment.experiment_id], max_results=50000)
+        if run.data.tags.get("study.role") != "parent"
+    ]
+    for run in children:
         for metric in client.get_metric_history(run.info.run_id, "val_accuracy"):
             seconds = metric.timestamp / 1000.0 - start
             if seconds <= budget:
@@ -204,7 +209,7 @@ def curve(runs: Path, start: float, budget: float, name: str) -> list[dict]:
         if value > best:
             best = value
             rows.append({"seconds": round(seconds, 2), "best_val_accuracy": best})
-    return rows
+    return rows, len(children)
 
 
 def summarize(args: argparse.Namespace, curves: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
@@ -237,16 +242,6 @@ def seconds_to(points: pd.DataFrame, target: float) -> float:
 
 def targets(args: argparse.Namespace) -> list[float]:
     return [args.target, *(float(value) for value in args.also_target.split(",") if value)]
-
-
-def configurations(runs: Path) -> int:
-    """MLflow child runs: one per configuration tried (with asha a run spans its rungs)."""
-    client = MlflowClient(tracking_uri=f"sqlite:///{runs}/mlflow.db")
-    experiment = client.get_experiment_by_name("study")
-    if experiment is None:
-        return 0
-    runs_found = client.search_runs([experiment.experiment_id], max_results=50000)
-    return sum(1 for run in runs_found if run.data.tags.get("study.role") != "parent")
 
 
 def plot(args: argparse.Namespace, curves: pd.DataFrame) -> Path:
@@ -333,16 +328,10 @@ def run_studies(args: argparse.Namespace, studies: list[tuple[int, str, str]], r
         seed, sampler, strategy = study
         core = free_cores.get()
         try:
-            points = run_study(args, strategy, sampler, seed, core)
+            points, configurations = run_study(args, strategy, sampler, seed, core)
         finally:
             free_cores.put(core)
-        results.add(
-            seed,
-            sampler,
-            strategy,
-            points,
-            configurations(args.out / "runs" / f"{strategy}-{sampler}-{seed}"),
-        )
+        results.add(seed, sampler, strategy, points, configurations)
 
     with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
         list(pool.map(on_a_free_core, studies))
