@@ -82,6 +82,7 @@ class StudyProgress:
         log_folder: Path | None = None,
         console: Console | None = None,
         ladder: Ladder | None = None,
+        deadline: float | None = None,
     ):
         self.name = name
         self.n_trials = n_trials
@@ -89,6 +90,7 @@ class StudyProgress:
         self.ladder = ladder  # scheduler=asha: a trial trains one segment of its configuration
         self.targets = dict(targets or {})  # Optuna param name -> the config key it sets
         self.workers = max(1, workers)
+        self.deadline = deadline  # time.time() at study.timeout: no trial starts after it
         self.console = console or Console(highlight=False)
         self.live_mode = self.console.is_terminal
         self.start = time.time()
@@ -112,6 +114,7 @@ class StudyProgress:
         workers: int,
         log_folder: Path | None = None,
         ladder: Ladder | None = None,
+        deadline: float | None = None,
     ) -> StudyProgress:
         return cls(
             settings.study.name,
@@ -121,6 +124,7 @@ class StudyProgress:
             workers=workers,
             log_folder=log_folder,
             ladder=ladder,
+            deadline=deadline,
         )
 
     # --- the poll ---------------------------------------------------------------------------
@@ -246,7 +250,8 @@ class StudyProgress:
 
     def eta(self, counts: TrialCounts, trials: list[FrozenTrial], now) -> float | None:
         """Seconds left: trials still to start at the mean duration of the finished ones, plus
-        what the running ones have left of it, shared among the workers."""
+        what the running ones have left of it, shared among the workers; at most until
+        study.timeout's deadline plus what the running ones have left then."""
         durations = [elapsed(t, now) for t in trials if t.state in FINISHED and t.datetime_complete]
         durations = [d for d in durations if d is not None]
         if not durations:
@@ -254,8 +259,11 @@ class StudyProgress:
         mean = statistics.fmean(durations)
         running = [t for t in trials if t.state == TrialState.RUNNING]
         to_start = max(0, self.n_trials - self._done(counts) - len(running))
-        left = to_start * mean + sum(max(0.0, mean - (elapsed(t, now) or 0.0)) for t in running)
-        return left / self.workers
+        running_left = [max(0.0, mean - (elapsed(t, now) or 0.0)) for t in running]
+        left = (to_start * mean + sum(running_left)) / self.workers
+        if self.deadline is not None:  # no trial starts after it; the running ones finish
+            left = min(left, max(0.0, self.deadline - time.time()) + max(running_left, default=0.0))
+        return left
 
     def _skip_earlier_sessions(self, trials: list[FrozenTrial]) -> None:
         started = datetime.datetime.fromtimestamp(self.start)

@@ -59,45 +59,45 @@ MODEL_BASED = ("tpe", "gp", "cmaes")  # samplers that learn from results (they h
 
 def for_scheduler(sampler: optuna.samplers.BaseSampler, settings: DictConfig) -> optuna.samplers.BaseSampler:
     """The sampler a study's workers use: with scheduler=asha, a model-based sampler learns from
-    the results of one rung (`RungSampler`); otherwise it is used as it is."""
+    every configuration, ranked by how far ASHA took it (`RungSampler`); otherwise it is used
+    as it is."""
     if settings.scheduler.name != "asha" or settings.sampler.name not in MODEL_BASED:
         return sampler
-    return RungSampler(sampler, min_results=max(1, settings.sampler.n_startup_trials))
+    return RungSampler(sampler)
 
 
 class RungSampler(optuna.samplers.BaseSampler):
-    """A sampler that knows about budgets, as BOHB (Falkner et al., 2018) fits its model.
+    """A sampler that knows about budgets.
 
     Under scheduler=asha a configuration has one trial per rung, valued at that rung's budget:
     TPE fitted on all of them would mix results of different budgets and count a promoted
     configuration several times. This wrapper shows the wrapped sampler the study as if it held
-    only the completed trials of the highest rung with at least `min_results` of them (rung 0
-    until then), plus the first segments still running (for the constant liar). Promotions
-    have fixed params and ask the wrapped sampler for nothing.
+    one trial per configuration, valued by the rungs it reached, then its value at the highest
+    (`sampler_view`), plus the first segments still running (for the constant liar).
+    Promotions have fixed params and ask the wrapped sampler for nothing.
     """
 
-    def __init__(self, sampler: optuna.samplers.BaseSampler, min_results: int):
+    def __init__(self, sampler: optuna.samplers.BaseSampler):
         self.sampler = sampler
-        self.min_results = min_results
 
     def infer_relative_search_space(
         self, study: optuna.Study, trial: FrozenTrial
     ) -> dict[str, BaseDistribution]:
         if is_promotion(trial):
             return {}
-        return self.sampler.infer_relative_search_space(RungView(study, self.min_results), trial)
+        return self.sampler.infer_relative_search_space(RungView(study), trial)
 
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
         if is_promotion(trial) or not search_space:
             return {}
-        return self.sampler.sample_relative(RungView(study, self.min_results), trial, search_space)
+        return self.sampler.sample_relative(RungView(study), trial, search_space)
 
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
-        view = RungView(study, self.min_results)
+        view = RungView(study)
         return self.sampler.sample_independent(view, trial, param_name, param_distribution)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
@@ -119,9 +119,8 @@ class RungSampler(optuna.samplers.BaseSampler):
 class RungView:
     """A study that lists only the trials `sampler_view` picks; everything else is the study's."""
 
-    def __init__(self, study: optuna.Study, min_results: int):
+    def __init__(self, study: optuna.Study):
         self._study = study
-        self._min_results = min_results
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
@@ -133,7 +132,7 @@ class RungView:
         use_cache: bool = False,
     ) -> list[FrozenTrial]:
         trials = self._study._get_trials(deepcopy=False, use_cache=use_cache)
-        picked = [t for t in sampler_view(trials, self._min_results) if states is None or t.state in states]
+        picked = [t for t in sampler_view(trials) if states is None or t.state in states]
         return copy.deepcopy(picked) if deepcopy else picked
 
     def get_trials(

@@ -23,6 +23,7 @@ what it decides, and the decisions are unit-tested without training.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -304,18 +305,31 @@ def best_trial(trials: Iterable[FrozenTrial]) -> FrozenTrial | None:
     return max(complete, key=lambda trial: (*rank_key(trial), -trial.number))
 
 
-def sampler_view(trials: Sequence[FrozenTrial], min_results: int) -> list[FrozenTrial]:
-    """The trials a model-based sampler should learn from (BOHB's rule): the completed trials of
-    the highest rung with at least `min_results` of them (rung 0 until one has), plus the first
-    segments still running, which a constant-liar sampler keeps away from."""
-    results = rung_results(trials)
-    rung = max((r for r, values in results.items() if len(values) >= min_results), default=0)
-    return [
-        trial
-        for trial in trials
-        if _counts(trial)
-        and (
-            (trial.state == TrialState.COMPLETE and rung_of(trial) == rung)
-            or (trial.state == TrialState.RUNNING and not is_promotion(trial))
-        )
-    ]
+def sampler_view(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials a model-based sampler learns from: one per configuration, valued by how far
+    ASHA took it, plus the first segments still running (a constant-liar sampler keeps away).
+
+    A configuration is its first segment, valued at the promotions it earned plus its value at
+    the highest rung it completed (values are validation accuracies, in [0, 1]): configurations
+    rank as on the leaderboard, the way Optuna's TPE ranks pruned trials by the step they
+    reached, then their value. Learning from one rung's trials only (BOHB's rule) shows the
+    sampler a population ASHA already selected: TPE then finds its "bad" group where the good
+    configurations are, and samples the corners nobody tried (measured: learning rates of 0.3
+    to 0.9 with dropout 0.65 on MNIST, after rung 1 had five results).
+    """
+    highest: dict[int, FrozenTrial] = {}  # config -> its completed segment of the highest rung
+    for trial in trials:
+        if trial.state == TrialState.COMPLETE and trial.value is not None and _counts(trial):
+            config = config_of(trial)
+            if config not in highest or rung_of(trial) > rung_of(highest[config]):
+                highest[config] = trial
+    view = []
+    for trial in first_segments(trials):
+        if trial.state == TrialState.RUNNING:
+            view.append(trial)
+        elif trial.number in highest:
+            reached = highest[trial.number]
+            valued = copy.copy(trial)
+            valued.value = rung_of(reached) - rung_of(trial) + reached.value
+            view.append(valued)
+    return view

@@ -285,7 +285,9 @@ class Driver:
         self.pool = WorkerPool(settings.study, spec, study_dir / "logs")
         self.ladder = ladder  # scheduler=asha: its rungs (run_sweep checked them)
         workers = len(self.pool.workers)
-        self.progress = StudyProgress.from_settings(settings, epochs, workers, self.pool.logs, ladder)
+        self.progress = StudyProgress.from_settings(
+            settings, epochs, workers, self.pool.logs, ladder, deadline=spec.deadline
+        )
 
     def run(self) -> None:
         previous = signal.signal(signal.SIGTERM, signal.default_int_handler)

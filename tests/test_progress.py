@@ -6,6 +6,7 @@ import datetime
 import io
 import logging
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -106,6 +107,26 @@ def test_live_display_in_a_terminal():
     assert "3/6 done" in live and "best val_accuracy 0.9756 (trial 1)" in live and "ETA" in live
     shown.close(counts, trials)
     assert "trial   1 complete" in out.getvalue()  # finished trials stay above the live lines
+
+
+def test_the_eta_ends_at_the_deadline_when_study_timeout_ends_the_study_first():
+    """n_trials=100000 with study.timeout=300: the ETA is the time to the deadline plus what the
+    running trial has left (none: it ran longer than the mean), not 100000 trials' worth."""
+    trials = a_study_in_progress()
+    counts = count_trials(None, trials)
+    for deadline, expected in ((None, "ETA 555h"), (300.5, "ETA 5m00s"), (-60, "ETA 0s")):
+        out = io.StringIO()
+        shown = StudyProgress(
+            "long",
+            100000,
+            3,
+            targets=TARGETS,
+            console=Console(file=out, force_terminal=False, width=200),
+            deadline=None if deadline is None else time.time() + deadline,
+        )
+        shown.update(counts, trials)
+        line = out.getvalue().splitlines()[-1]
+        assert expected in line, (deadline, line)
 
 
 def test_log_records_print_above_the_live_lines():

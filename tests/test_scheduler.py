@@ -219,16 +219,48 @@ def test_the_winner_is_the_best_of_the_highest_rung():
     assert scheduler.best_trial([]) is None
 
 
-def test_the_sampler_sees_the_highest_rung_with_enough_results():
+def test_the_sampler_sees_each_configuration_once_ranked_by_rung_then_value():
     trials = Trials()
     configs = [trials.config(value / 10) for value in range(1, 7)]
     running = trials.config(state=TrialState.RUNNING)
-    promoted = [trials.promotion(c, 1, 0.9) for c in configs[-2:]]
-    trials.promotion(configs[0], 1, state=TrialState.RUNNING)
-    view = {t.number for t in scheduler.sampler_view(trials.all, min_results=3)}
-    assert view == {*configs, running}  # rung 1 has 2 results: rung 0
-    view = {t.number for t in scheduler.sampler_view(trials.all, min_results=2)}
-    assert view == {*promoted, running}
+    for config in configs[-2:]:
+        trials.promotion(config, 1, 0.9)
+    trials.promotion(configs[-1], 2, 0.93)
+    trials.promotion(configs[0], 1, state=TrialState.RUNNING)  # no result yet
+    trials.promotion(configs[1], 1, state=TrialState.FAIL)
+    late_bracket = trials.config(0.8, **{RUNG_ATTR: 1})  # Hyperband's bracket 1: earned nothing
+    view = {t.number: t.value for t in scheduler.sampler_view(trials.all)}
+    expected = dict(zip(configs, (0.1, 0.2, 0.3, 0.4, 1.9, 2.93), strict=True))
+    assert view == pytest.approx({**expected, running: None, late_bracket: 0.8})
+    assert trials.all[configs[-1]].value == 0.6  # the study's own trials are left as they are
+
+
+def test_tpe_behind_the_rung_sampler_samples_near_the_configurations_asha_promoted():
+    """18 configurations over learning rates 1e-4..1, good near 1e-3; the best third went to
+    rung 1, the best of those to rung 2. Learning from rung 1 alone (BOHB's rule, this
+    project's first sampler) sampled rates of 0.26 to 0.71 here: the rung's "bad" group sat where
+    the good configurations are. Ranked by rung, then value, TPE samples near the promoted."""
+
+    def accuracy(lr, rung):
+        return 0.97 - 0.2 * abs(math.log10(lr) + 3) + 0.01 * rung
+
+    trials = Trials()
+    rates = [10 ** (-4 + i * 4 / 17) for i in range(18)]
+    configs = [trials.config(accuracy(lr, 0), lr=lr) for lr in rates]
+    ranked = sorted(configs, key=lambda c: -trials.all[c].value)
+    for rung, promoted in ((1, ranked[:6]), (2, ranked[:2])):
+        for config in promoted:
+            trials.promotion(config, rung, accuracy(trials.all[config].params["lr"], rung))
+    trials.study.sampler = RungSampler(
+        optuna.samplers.TPESampler(seed=0, n_startup_trials=5, multivariate=True, group=True)
+    )
+    sampled = []
+    for _ in range(10):
+        trial = trials.study.ask()
+        sampled.append(trial.suggest_float("lr", 1e-4, 1.0, log=True))
+        trials.study.tell(trial, state=TrialState.FAIL)
+    near = [lr for lr in sampled if 1e-4 <= lr <= 1e-2]
+    assert len(near) >= 8, sampled
 
 
 def test_hyperband_brackets_get_configurations_in_hyperbands_proportions():
@@ -287,31 +319,12 @@ def test_a_simulated_study_promotes_the_best_and_trains_nothing_twice(workers):
     assert sum(trained.values()) < 27 * 9 / 3  # a third of training every configuration fully
 
 
-def test_tpe_behind_the_rung_sampler_learns_from_one_rung_only():
-    """TPE behind RungSampler samples exactly what TPE samples on a study holding only the
-    chosen rung's trials; a promotion asks it for nothing."""
+def test_a_promotion_asks_the_sampler_for_nothing():
     trials = Trials()
     configs = [trials.config(value / 10, lr=10 ** (-value / 2)) for value in range(1, 8)]
-    for config, value in zip(configs[-3:], (0.95, 0.7, 0.8), strict=True):  # rung 1 ranks anew
-        trials.promotion(config, 1, value)
-    only_rung_1 = Trials()
-    for config, value in zip(configs[-3:], (0.95, 0.7, 0.8), strict=True):
-        only_rung_1.config(value, lr=trials.study.trials[config].params["lr"])
-
-    def tpe():
-        return optuna.samplers.TPESampler(seed=3, n_startup_trials=3, multivariate=True, group=True)
-
-    trials.study.sampler = RungSampler(tpe(), min_results=3)
-    only_rung_1.study.sampler = tpe()
-    for _ in range(3):
-        wrapped, plain = trials.study.ask(), only_rung_1.study.ask()
-        assert wrapped.suggest_float("lr", 1e-4, 1.0, log=True) == plain.suggest_float(
-            "lr", 1e-4, 1.0, log=True
-        )
-        trials.study.tell(wrapped, state=TrialState.FAIL)
-        only_rung_1.study.tell(plain, state=TrialState.FAIL)
-
+    trials.study.sampler = RungSampler(optuna.samplers.TPESampler(seed=3, n_startup_trials=3))
     promotion = scheduler.next_promotion(trials.all, NINE)
+    assert promotion.config == configs[-1]
     trials.study.enqueue_trial(promotion.params, user_attrs=promotion.user_attrs)
     resumed = trials.study.ask()
     assert resumed.relative_params == {}
@@ -324,7 +337,6 @@ def test_only_model_based_samplers_are_wrapped_under_asha():
         return for_scheduler(build_sampler(cfg.sampler, SearchSpace(cfg.search_space)), cfg)
 
     assert isinstance(sampler_for("scheduler=asha", "pruner=none"), RungSampler)
-    assert sampler_for("scheduler=asha", "pruner=none").min_results == 5  # TPE's n_startup_trials
     random = sampler_for("scheduler=asha", "pruner=none", "sampler=random")
     assert isinstance(random, optuna.samplers.RandomSampler)
     assert isinstance(sampler_for("scheduler=none"), optuna.samplers.TPESampler)
