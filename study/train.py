@@ -312,6 +312,8 @@ def fit_segment(
     Keras numbers the epoch of each `fit` by its metric step (`initial_epoch`), so the callbacks
     see the run's own x-axis: epochs, or optimizer steps for a segment counted in steps.
     """
+    from study import backend
+
     size = len(dataset.x_train)
     steps_per_epoch = math.ceil(size / trainer.batch_size)
     start, stop = segment.steps(steps_per_epoch)
@@ -329,10 +331,7 @@ def fit_segment(
         label = segment.label(end, steps_per_epoch)
         seed_random_layers(model, trainer.seed, epoch, offset)
         model.fit(
-            dataset.x_train[picked],
-            dataset.y_train[picked],
-            batch_size=trainer.batch_size,
-            shuffle=False,
+            **backend.in_order_batches(dataset.x_train[picked], dataset.y_train[picked], trainer.batch_size),
             initial_epoch=label - 1,
             epochs=label,
             validation_data=(dataset.x_val, dataset.y_val),
