@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 
+from study import backend
 from study.config import checked_config
 from study.tracking import RunTracker
 from study.train import Segment, train
@@ -97,3 +98,21 @@ def test_a_segment_already_trained_by_a_dead_attempt_is_not_trained_again(make_c
     assert seen == []
     assert again["best_val_accuracy"] == first["best_val_accuracy"]
     assert [step for step, _ in history(client, run.info.run_id, "val_accuracy")] == [1, 2]
+
+
+def test_segments_feed_fit_the_examples_in_the_order_given_without_autotuning():
+    """Under TensorFlow a segment's `fit` reads a tf.data pipeline with autotuning off (Keras'
+    pipeline for NumPy arrays kept `fit` waiting for its autotuning thread, up to a minute):
+    the same batches, in the order given."""
+    x = np.arange(14, dtype="float32").reshape(7, 2)
+    y = np.arange(7)
+    inputs = backend.in_order_batches(x, y, batch_size=3)
+    assert inputs["shuffle"] is False
+    if keras.backend.backend() != "tensorflow":
+        assert inputs["x"] is x and inputs["y"] is y and inputs["batch_size"] == 3
+        return
+    pipeline = inputs["x"]
+    assert pipeline.options().autotune.enabled is False
+    batches = list(pipeline.as_numpy_iterator())
+    assert [labels.tolist() for _, labels in batches] == [[0, 1, 2], [3, 4, 5], [6]]
+    assert np.array_equal(np.concatenate([images for images, _ in batches]), x)
