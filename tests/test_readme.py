@@ -41,6 +41,10 @@ from tests.conftest import free_port
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 README = PROJECT_DIR / "README.md"
 COMMAND_TIMEOUT = 900  # seconds; the slowest case (bench --quick) takes about 3 minutes
+FULL_MNIST_RACE = (  # README's race against Keras Tuner: one study of the bench on one core
+    "taskset --cpu-list 0 python bench/search.py --data-path ../shared/data/mnist --budget 1300 "
+    "--seeds 1 --samplers tpe --strategies asha-steps --target 0.98 --also-target 0.99"
+)
 MEASURED_SEARCH = (  # README's table of search strategies; the test runs it --quick
     "python bench/search.py --data-path ../shared/data/mnist --override data.max_train_samples=10000 "
     "--budget 300 --parallel 2 --first-rung-steps 33 --target 0.96 --also-target 0.97"
@@ -595,6 +599,12 @@ CASES: dict[str, Case] = {
     MEASURED_SEARCH: Case(
         append="--quick --strategies asha-steps --out {work}/runs/search-parallel",
         expect=(search_results("asha-steps", "search-parallel"),),
+        slow=True,
+    ),
+    FULL_MNIST_RACE: Case(
+        append="--quick --out {work}/runs/search-full",
+        expect=(search_results("asha-steps", "search-full"),),
+        needs_executable="taskset",
         slow=True,
     ),
     "python bench/search.py --quick": Case(
