@@ -1,7 +1,7 @@
-"""The reference: a bare `keras.Model.fit`, with nothing of the product around it.
+"""The reference: a bare `keras.Model.fit`, with none of the product's tracking around it.
 
 Same data, model, optimizer, batch size, epochs and seed as `python -m study.train OVERRIDES`,
-and no MLflow, TensorBoard, checkpoints or callbacks:
+fed the same batches (`study.train.run_inputs`), and no MLflow, TensorBoard or checkpoints:
 
     python bench/bare_fit.py model=cnn trainer.epochs=1 data.path=../shared/data/mnist
     python bench/bare_fit.py --repeat 5 data=digits model=softmax   # 5 fits in one process
@@ -20,6 +20,7 @@ from study import backend
 from study.data import load_dataset
 from study.models import build_model
 from study.optimizers import build_optimizer
+from study.train import run_inputs
 
 from common import main_overrides, print_result, train_config
 
@@ -39,10 +40,12 @@ def bare_fit(cfg, dataset) -> dict:
         steps_per_execution=trainer.steps_per_execution,
         jit_compile=trainer.jit_compile,
     )
+    # Fed as study.train feeds a run (the data order, and dropout's stream per epoch), so the
+    # numbers compare exactly; without its pipeline Keras' own waits for an autotuning thread.
+    inputs, reseed = run_inputs(model, dataset, trainer, trainer.epochs)
     history = model.fit(
-        dataset.x_train,
-        dataset.y_train,
-        batch_size=trainer.batch_size,
+        **inputs,
+        callbacks=reseed,
         epochs=trainer.epochs,
         validation_data=(dataset.x_val, dataset.y_val),
         validation_batch_size=trainer.eval_batch_size,

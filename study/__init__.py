@@ -11,4 +11,4 @@ from study.native_logs import quiet_backend_startup
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 quiet_backend_startup()
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import math
 import os
 import platform
 import re
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 NVIDIA_PROC_DIR = Path("/proc/driver/nvidia/gpus")  # one entry per GPU the driver sees
 
@@ -48,10 +53,42 @@ def in_order_batches(x, y, batch_size: int) -> dict:
         return {"x": x, "y": y, "batch_size": batch_size, "shuffle": False}
     import tensorflow as tf
 
+    batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
+    return {"x": _without_autotuning(batches), "shuffle": False}
+
+
+def batches_in_orders(x, y, batch_size: int, orders: np.ndarray) -> dict | None:
+    """`fit` arguments for one `fit` of len(orders) epochs: epoch e reads (x, y) in the order
+    `orders[e]` (a permutation of the examples), `batch_size` examples a step, the last batch
+    of an epoch short if need be. None when the backend is not TensorFlow.
+
+    A tf.data pipeline with autotuning off, as `in_order_batches`: with Keras' own pipeline a
+    whole run's `fit` waited for the autotuning thread now and then between epochs and when it
+    returned (measured: 3 epochs of the Deep-MNIST CNN on one core, 213 s against 146 s now).
+    """
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    with tf.device("CPU:0"):  # input pipelines run on the CPU; the examples stay in host memory
+        images, labels = tf.constant(x), tf.constant(y)
+    steps_per_epoch = math.ceil(len(x) / batch_size)
+    batches = (
+        tf.data.Dataset.from_tensor_slices(orders)
+        .flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size))
+        .map(lambda picked: (tf.gather(images, picked), tf.gather(labels, picked)))
+    )
+    return {"x": _without_autotuning(batches), "steps_per_epoch": steps_per_epoch, "shuffle": False}
+
+
+def _without_autotuning(batches):
+    import tensorflow as tf
+
     options = tf.data.Options()
     options.autotune.enabled = False
-    batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).prefetch(1)
-    return {"x": batches.with_options(options), "shuffle": False}
+    return batches.prefetch(1).with_options(options)
 
 
 def device_name() -> str:

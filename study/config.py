@@ -163,8 +163,9 @@ class TrainerConfig:
     )
     # Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.
     verbose: int = field(default=2, metadata=must("0, 1 or 2", lambda v: v in (0, 1, 2)))
-    # One fit per epoch, each epoch's data order and dropout drawn from (seed, epoch): a run can
-    # stop and resume at any step with the same numbers (scheduler=asha trains its trials so).
+    # One fit per epoch (or part of one), so a run can stop and resume at any step with the
+    # same numbers (scheduler=asha trains its trials so). Under TensorFlow a run trained in one
+    # fit draws each epoch's data order and dropout from (seed, epoch) too: the same numbers.
     resumable: bool = False
 
 
@@ -339,8 +340,9 @@ class AshaSchedulerConfig:
     """Asynchronous successive halving with promotion (study/scheduler.py)."""
 
     name: str = "asha"
-    # The first rung's budget, in resource_unit.
-    min_resource: int = field(default=1, metadata=at_least(1))
+    # The first rung's budget, in resource_unit. auto: 1 epoch; with resource_unit=steps, the top
+    # rung divided by eta until the first rung is about 1/eta of an epoch (scheduler.py).
+    min_resource: Any = field(default="auto", metadata=auto_or_at_least(1))
     # eta: the top 1/eta of a rung goes on; budgets grow eta-fold.
     reduction_factor: int = field(default=3, metadata=at_least(2))
     # The top rung's budget; null: trainer.epochs (see scheduler.py).

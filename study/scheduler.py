@@ -73,13 +73,32 @@ def rung_budgets(min_resource: int, max_resource: int, reduction_factor: int) ->
     return (*(min_resource * reduction_factor**k for k in range(promotions)), max_resource)
 
 
+def rungs_down_from(max_resource: int, reduction_factor: int, lowest: float) -> tuple[int, ...]:
+    """max / eta^k for k = n, ..., 1, 0, rounded: n promotions, as many as keep the first rung at
+    `lowest` or above (at least one while the first rung stays >= 1).
+
+    scheduler.min_resource=auto with resource_unit=steps: `lowest` is an epoch / eta, so 9
+    epochs of 550 steps with eta 3 give 183, 550, 1650, 4950 (a first rung of a third of an
+    epoch, the others at epoch ends, as Keras Tuner's Hyperband's 1, 3, 9 epochs).
+    """
+    if max_resource < reduction_factor:
+        return (max_resource,)
+    ratio = math.log(max_resource / lowest, reduction_factor) if max_resource > lowest else 0.0
+    most = math.floor(math.log(max_resource, reduction_factor) + 1e-9)  # first rung >= 1
+    promotions = min(most, max(1, math.floor(ratio + 1e-9)))
+    return tuple(round(max_resource / reduction_factor**k) for k in range(promotions, -1, -1))
+
+
 def build_ladder(scheduler_cfg: Any, trainer_cfg: Any, train_examples: int) -> Ladder:
     """The ladder of `scheduler=asha` for a train config; raises ConfigError on bad values.
 
     max_resource defaults to trainer.epochs, or for resource_unit=steps to trainer.max_steps
-    (else trainer.epochs full epochs of the training set, in steps).
+    (else trainer.epochs full epochs of the training set, in steps). min_resource=auto is one
+    epoch, or with resource_unit=steps the rungs of `rungs_down_from`: a first rung of about
+    1/eta of an epoch, which screens eta configurations for the price of one epoch.
     """
     cfg = scheduler_cfg
+    steps_per_epoch = math.ceil(train_examples / trainer_cfg.batch_size)
     max_resource = cfg.max_resource
     if max_resource is None:
         if cfg.resource_unit == "epochs":
@@ -87,24 +106,34 @@ def build_ladder(scheduler_cfg: Any, trainer_cfg: Any, train_examples: int) -> L
         elif trainer_cfg.max_steps is not None:
             max_resource = trainer_cfg.max_steps
         else:
-            max_resource = trainer_cfg.epochs * math.ceil(train_examples / trainer_cfg.batch_size)
-    if max_resource < cfg.min_resource:
-        raise ConfigError(
-            f"scheduler.max_resource: expected >= scheduler.min_resource ({cfg.min_resource} "
-            f"{cfg.resource_unit}), got {max_resource} (it defaults to trainer.epochs)"
-        )
-    if cfg.resource_unit == "epochs" and trainer_cfg.max_steps is not None:
+            max_resource = trainer_cfg.epochs * steps_per_epoch
+    eta = cfg.reduction_factor
+    if cfg.min_resource != "auto":
+        if max_resource < cfg.min_resource:
+            raise ConfigError(
+                f"scheduler.max_resource: expected >= scheduler.min_resource ({cfg.min_resource} "
+                f"{cfg.resource_unit}), got {max_resource} (it defaults to trainer.epochs)"
+            )
+        budgets = rung_budgets(cfg.min_resource, max_resource, eta)
+    elif cfg.resource_unit == "epochs":
+        budgets = rung_budgets(1, max_resource, eta)
+    else:
+        budgets = rungs_down_from(max_resource, eta, lowest=steps_per_epoch / eta)
+    return checked_ladder(Ladder(budgets, eta, cfg.resource_unit, cfg.brackets), trainer_cfg)
+
+
+def checked_ladder(ladder: Ladder, trainer_cfg: Any) -> Ladder:
+    if ladder.unit == "epochs" and trainer_cfg.max_steps is not None:
         raise ConfigError(
             "trainer.max_steps: scheduler=asha with resource_unit=epochs trains whole epochs; "
             "leave trainer.max_steps null or set scheduler.resource_unit=steps"
         )
-    budgets = rung_budgets(cfg.min_resource, max_resource, cfg.reduction_factor)
-    if cfg.brackets > len(budgets):
+    if ladder.brackets > len(ladder.budgets):
         raise ConfigError(
-            f"scheduler.brackets: expected at most the {len(budgets)} rungs {list(budgets)}, "
-            f"got {cfg.brackets}"
+            f"scheduler.brackets: expected at most the {len(ladder.budgets)} rungs "
+            f"{list(ladder.budgets)}, got {ladder.brackets}"
         )
-    return Ladder(budgets, cfg.reduction_factor, cfg.resource_unit, cfg.brackets)
+    return ladder
 
 
 def ladder_for(settings: Any, base: Any) -> Ladder | None:
@@ -112,11 +141,13 @@ def ladder_for(settings: Any, base: Any) -> Ladder | None:
     if settings.scheduler.name != "asha":
         return None
     examples = 0
-    if settings.scheduler.max_resource is None and base.trainer.max_steps is None:
+    scheduler_cfg = settings.scheduler
+    first_rung_from_epoch = scheduler_cfg.resource_unit == "steps" and scheduler_cfg.min_resource == "auto"
+    if first_rung_from_epoch or (scheduler_cfg.max_resource is None and base.trainer.max_steps is None):
         from study.data import load_dataset  # cached per process; the driver and workers load it anyway
 
         examples = len(load_dataset(base.data, base.trainer.seed).x_train)
-    return build_ladder(settings.scheduler, base.trainer, examples)
+    return build_ladder(scheduler_cfg, base.trainer, examples)
 
 
 def surplus_configuration(trial: FrozenTrial, trials: Iterable[FrozenTrial], n_trials: int) -> str | None:
@@ -150,13 +181,14 @@ def rung_of(trial: FrozenTrial) -> int:
     return int(trial.user_attrs.get(RUNG_ATTR, 0))
 
 
-def _counts(trial: FrozenTrial) -> bool:
-    """Not a trial that ended at once because another one did its work."""
+def was_needed(trial: FrozenTrial) -> bool:
+    """Not a trial that ended at once because another one did its work or the study had its
+    trials (it never trained: no failure, no configuration, no leaderboard row)."""
     return not trial.user_attrs.get(NOT_NEEDED_ATTR, False)
 
 
 def first_segments(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
-    return [trial for trial in trials if not is_promotion(trial) and _counts(trial)]
+    return [trial for trial in trials if not is_promotion(trial) and was_needed(trial)]
 
 
 def configurations_done(trials: Iterable[FrozenTrial]) -> int:
@@ -184,7 +216,7 @@ def rung_results(trials: Iterable[FrozenTrial]) -> dict[int, dict[int, float]]:
     """{rung: {config: value}} of the segments that completed."""
     results: dict[int, dict[int, float]] = {}
     for trial in trials:
-        if trial.state == TrialState.COMPLETE and trial.value is not None and _counts(trial):
+        if trial.state == TrialState.COMPLETE and trial.value is not None and was_needed(trial):
             results.setdefault(rung_of(trial), {})[config_of(trial)] = trial.value
     return results
 
@@ -218,7 +250,7 @@ def next_promotion(trials: Sequence[FrozenTrial], ladder: Ladder) -> Promotion |
 
 
 def promotions_in_flight(trials: Iterable[FrozenTrial]) -> int:
-    return sum(1 for t in trials if is_promotion(t) and t.state in ACTIVE_STATES and _counts(t))
+    return sum(1 for t in trials if is_promotion(t) and t.state in ACTIVE_STATES and was_needed(t))
 
 
 def is_done(trials: Sequence[FrozenTrial], n_trials: int, ladder: Ladder) -> bool:
@@ -247,7 +279,7 @@ def duplicate_of(trial: FrozenTrial, trials: Iterable[FrozenTrial]) -> FrozenTri
         return None
     key = (config_of(trial), rung_of(trial))
     for other in trials:
-        if other.number == trial.number or not is_promotion(other) or not _counts(other):
+        if other.number == trial.number or not is_promotion(other) or not was_needed(other):
             continue
         if (config_of(other), rung_of(other)) != key:
             continue

@@ -244,16 +244,7 @@ def fit_and_evaluate(
         if segment is not None:
             fit_segment(model, dataset, trainer, callbacks, segment, first_step)
         else:
-            model.fit(
-                dataset.x_train,
-                dataset.y_train,
-                batch_size=trainer.batch_size,
-                epochs=epochs,
-                validation_data=(dataset.x_val, dataset.y_val),
-                validation_batch_size=trainer.eval_batch_size,
-                callbacks=callbacks,
-                verbose=trainer.verbose,
-            )
+            fit_run(model, dataset, trainer, callbacks, epochs)
     finally:
         writer.close()
         # Curves and checkpoints written so far are kept, also for a failed or pruned run.
@@ -296,6 +287,50 @@ def summarize(
     tracker.log_metrics(summary, step=curve[-1][0])
     last = history[-1] if history else {}
     return {**last, **summary, "epochs": float(len(history))}
+
+
+def fit_run(
+    model: keras.Model,
+    dataset: Dataset,
+    trainer: DictConfig,
+    callbacks: list[keras.callbacks.Callback],
+    epochs: int,
+) -> None:
+    """Train `epochs` epochs in one `fit`, fed by `run_inputs`."""
+    inputs, reseed = run_inputs(model, dataset, trainer, epochs)
+    model.fit(
+        **inputs,
+        epochs=epochs,
+        validation_data=(dataset.x_val, dataset.y_val),
+        validation_batch_size=trainer.eval_batch_size,
+        callbacks=[*reseed, *callbacks],
+        verbose=trainer.verbose,
+    )
+
+
+def run_inputs(
+    model: keras.Model, dataset: Dataset, trainer: DictConfig, epochs: int
+) -> tuple[dict, list[keras.callbacks.Callback]]:
+    """`fit` arguments and callbacks that train `epochs` epochs in one `fit`.
+
+    Under TensorFlow, epoch e reads the examples in the order `epoch_order` gives, and a
+    callback sets dropout's stream for it as `seed_random_layers` does, as in `fit_segment`:
+    a run gets the same numbers trained in one `fit` or in segments. Other backends: Keras
+    shuffles.
+    """
+    import keras
+
+    from study import backend
+
+    size = len(dataset.x_train)
+    orders = np.stack([epoch_order(trainer.seed, epoch, size) for epoch in range(epochs)])
+    inputs = backend.batches_in_orders(dataset.x_train, dataset.y_train, trainer.batch_size, orders)
+    if inputs is None:
+        return {"x": dataset.x_train, "y": dataset.y_train, "batch_size": trainer.batch_size}, []
+    reseed = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: seed_random_layers(model, trainer.seed, epoch, 0)
+    )
+    return inputs, [reseed]
 
 
 def fit_segment(

@@ -72,6 +72,23 @@ def test_rung_budgets(low, high, eta, budgets):
     assert scheduler.rung_budgets(low, high, eta) == budgets
 
 
+@pytest.mark.parametrize(
+    ("top", "eta", "lowest", "budgets"),
+    [
+        (4950, 3, 550 / 3, (183, 550, 1650, 4950)),  # 9 epochs of 550 steps
+        (2200, 3, 1100 / 3, (733, 2200)),  # the default study's 2 epochs: one promotion at least
+        (900, 3, 1100 / 3, (300, 900)),  # less than an epoch
+        (3, 3, 10, (1, 3)),
+        (2, 3, 10, (2,)),  # no first rung of at least one step below the top
+        (64, 4, 16 / 4, (4, 16, 64)),
+    ],
+)
+def test_automatic_step_rungs_divide_the_top_rung_by_eta_down_to_about_an_epoch_over_eta(
+    top, eta, lowest, budgets
+):
+    assert scheduler.rungs_down_from(top, eta, lowest) == budgets
+
+
 def ladder_for(*overrides, train_examples=55000):
     cfg = compose_config("sweep", ["scheduler=asha", "pruner=none", *overrides])
     return scheduler.build_ladder(cfg.scheduler, cfg.trainer, train_examples)
@@ -82,8 +99,11 @@ def test_ladder_defaults_to_the_trainer_budget_and_refuses_bad_combinations():
     # 55,000 examples in batches of 50: 1,100 steps an epoch, 2 epochs.
     steps = ladder_for("scheduler.resource_unit=steps", "scheduler.min_resource=100", "trainer.epochs=2")
     assert steps.budgets == (100, 300, 900, 2200) and steps.unit == "steps"
+    # min_resource=auto: a first rung of about a third of an epoch, the others from the top down.
     by_max_steps = ladder_for("scheduler.resource_unit=steps", "trainer.max_steps=900")
-    assert by_max_steps.budgets == (1, 3, 9, 27, 81, 243, 900)
+    assert by_max_steps.budgets == (300, 900)
+    nine_epochs = ladder_for("scheduler.resource_unit=steps", "trainer.epochs=9", "trainer.batch_size=100")
+    assert nine_epochs.budgets == (183, 550, 1650, 4950)
     with pytest.raises(ConfigError, match=r"scheduler.max_resource: expected >= scheduler.min_resource"):
         ladder_for("scheduler.min_resource=4", "trainer.epochs=3")
     with pytest.raises(ConfigError, match=r"^trainer.max_steps: scheduler=asha with resource_unit=epochs"):
@@ -98,7 +118,7 @@ def test_ladder_defaults_to_the_trainer_budget_and_refuses_bad_combinations():
         (["pruner=median"], "pruner: expected none with scheduler=asha"),
         (["scheduler.reduction_factor=1"], "scheduler.reduction_factor: expected an integer >= 2"),
         (["scheduler.resource_unit=batches"], "scheduler.resource_unit: expected epochs or steps"),
-        (["scheduler.min_resource=0"], "scheduler.min_resource: expected an integer >= 1"),
+        (["scheduler.min_resource=0"], "scheduler.min_resource: expected 'auto' or an integer >= 1"),
     ],
 )
 def test_bad_scheduler_settings_are_one_line_errors(overrides, expected):

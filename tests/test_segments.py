@@ -22,6 +22,13 @@ def last_checkpoint(cfg, run_id: str, folder: Path) -> keras.Model:
     return keras.saving.load_model(local)
 
 
+def train_tagged(cfg, tag: str, *args, **kwargs) -> dict[str, float]:
+    """`train` a copy of cfg whose run carries the tag segment_test=<tag> (see `run_id_of`)."""
+    tagged = cfg.copy()
+    tagged.mlflow.tags = {"segment_test": tag}
+    return train(tagged, *args, **kwargs)
+
+
 def run_id_of(cfg, tag: str) -> str:
     client = client_for(cfg)
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment_name)
@@ -40,18 +47,14 @@ def run_id_of(cfg, tag: str) -> str:
 def test_resumed_segments_equal_training_straight_through(make_config, tmp_path, unit, straight, pieces):
     # The CNN with dropout and Adam: its moments and the dropout generator's state must be resumed.
     cfg = make_config("optimizer=adam", "optimizer.learning_rate=0.01", "model.dropout_rate=0.5")
-    whole = cfg.copy()
-    whole.mlflow.tags = {"segment_test": "whole"}
-    straight_metrics = train(whole, segment=straight)
+    straight_metrics = train_tagged(cfg, "whole", segment=straight)
 
-    parts = cfg.copy()
-    parts.mlflow.tags = {"segment_test": "parts"}
     steps_seen: list[int] = []
-    train(parts, lambda step, metrics: steps_seen.append(step), segment=pieces[0])
+    train_tagged(cfg, "parts", lambda step, metrics: steps_seen.append(step), segment=pieces[0])
     run_id = run_id_of(cfg, "parts")
     with RunTracker.resume(checked_config(cfg).mlflow, run_id) as tracker:
         resumed_metrics = train(
-            parts, lambda step, metrics: steps_seen.append(step), tracker=tracker, segment=pieces[1]
+            cfg, lambda step, metrics: steps_seen.append(step), tracker=tracker, segment=pieces[1]
         )
 
     client = client_for(cfg)
@@ -116,3 +119,41 @@ def test_segments_feed_fit_the_examples_in_the_order_given_without_autotuning():
     batches = list(pipeline.as_numpy_iterator())
     assert [labels.tolist() for _, labels in batches] == [[0, 1, 2], [3, 4, 5], [6]]
     assert np.array_equal(np.concatenate([images for images, _ in batches]), x)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="other backends: Keras shuffles")
+def test_a_run_trained_in_one_fit_equals_the_same_run_trained_in_segments(make_config, tmp_path):
+    """The plain path (one `fit` for the whole run, as `scheduler=none` trains) reads each
+    epoch in the order a run trained in segments reads it, with the same dropout masks: the
+    same numbers, and no wait for an autotuning thread when `fit` returns."""
+    cfg = make_config("optimizer=adam", "optimizer.learning_rate=0.01", "model.dropout_rate=0.5")
+    in_one_fit = train_tagged(cfg, "one-fit", evaluate_test=False)
+    in_segments = train_tagged(cfg, "per-epoch", evaluate_test=False, segment=Segment(0, 2))
+
+    client = client_for(cfg)
+    one_fit_id, per_epoch_id = run_id_of(cfg, "one-fit"), run_id_of(cfg, "per-epoch")
+    for key in ("val_loss", "val_accuracy", "train_loss"):
+        assert history(client, one_fit_id, key) == history(client, per_epoch_id, key), key
+    assert in_one_fit["best_val_accuracy"] == in_segments["best_val_accuracy"]
+    one_fit_model = last_checkpoint(cfg, one_fit_id, tmp_path / "one-fit")
+    per_epoch_model = last_checkpoint(cfg, per_epoch_id, tmp_path / "per-epoch")
+    for left, right in zip(one_fit_model.get_weights(), per_epoch_model.get_weights(), strict=True):
+        np.testing.assert_array_equal(left, right)
+
+
+def test_one_fit_of_several_epochs_reads_each_epoch_in_its_own_order_without_autotuning():
+    x = np.arange(14, dtype="float32").reshape(7, 2)
+    y = np.arange(7)
+    orders = np.array([[6, 5, 4, 3, 2, 1, 0], [0, 2, 4, 6, 1, 3, 5]])
+    inputs = backend.batches_in_orders(x, y, 3, orders)
+    if keras.backend.backend() != "tensorflow":
+        assert inputs is None
+        return
+    assert inputs["steps_per_epoch"] == 3 and inputs["shuffle"] is False
+    pipeline = inputs["x"]
+    assert pipeline.options().autotune.enabled is False
+    batches = list(pipeline.as_numpy_iterator())
+    labels = [batch_labels.tolist() for _, batch_labels in batches]
+    assert labels == [[6, 5, 4], [3, 2, 1], [0], [0, 2, 4], [6, 1, 3], [5]]
+    for images, batch_labels in batches:
+        np.testing.assert_array_equal(images, x[batch_labels])
