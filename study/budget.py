@@ -22,7 +22,6 @@ from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
 from study import scheduler
-from study.names import NOT_NEEDED_ATTR
 
 
 @dataclass(frozen=True)
@@ -93,7 +92,7 @@ def failed_in_session(trials: list[FrozenTrial], session_start: float) -> int:
         1
         for trial in trials
         if trial.state == TrialState.FAIL
-        and not trial.user_attrs.get(NOT_NEEDED_ATTR)
+        and scheduler.was_needed(trial)
         and trial.datetime_start is not None
         and trial.datetime_start.timestamp() >= session_start
     )

@@ -16,8 +16,8 @@ from typing import Any
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from study.scheduler import RUNG_ATTR, best_trial, rung_of
-from study.storage import FAIL_REASON_ATTR, MLFLOW_RUN_ATTR, NOT_NEEDED_ATTR, trial_score
+from study.scheduler import RUNG_ATTR, best_trial, rung_of, was_needed
+from study.storage import FAIL_REASON_ATTR, MLFLOW_RUN_ATTR, trial_score
 
 # Column names, shared by every table (and by the terminal summary).
 STUDY = "study"
@@ -52,8 +52,6 @@ def short_error(trial: FrozenTrial) -> str:
     """Why a failed trial failed, in a few words (the MLflow run has the rest)."""
     if trial.state != TrialState.FAIL:
         return ""
-    if trial.user_attrs.get(NOT_NEEDED_ATTR):
-        return "not needed: the study had its trials"
     reason = trial.user_attrs.get(FAIL_REASON_ATTR)
     if not reason:
         return "worker stopped (killed or crashed)"
@@ -96,7 +94,10 @@ def best_trial_number(trials: Iterable[FrozenTrial]) -> int | None:
 def trials_table(
     trials: list[FrozenTrial], targets: Mapping[str, str], test_accuracy: float | None = None
 ) -> pd.DataFrame:
-    """The leaderboard of a study's trials; `test_accuracy` is the winner's, when evaluated."""
+    """The leaderboard of a study's trials; `test_accuracy` is the winner's, when evaluated.
+    A trial that lost the race for the study's last places never trained: it is left out, so a
+    study of n_trials lists n_trials rows however many workers raced."""
+    trials = [trial for trial in trials if was_needed(trial)]
     best = best_trial_number(trials)
     config_keys = list(dict.fromkeys(key for t in trials for key in trial_config(t, targets)))
     rows = [trial_row(trial, targets, best, test_accuracy) for trial in trials]

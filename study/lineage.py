@@ -10,7 +10,7 @@ import logging
 import os
 import types
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import mlflow
@@ -101,10 +101,11 @@ def log_keras_model(
     model,
     images: np.ndarray,
     registered_model: str | None = None,
+    version_tags: Mapping[str, str] | None = None,
 ) -> mlflow.models.model.ModelInfo:
     """Log a Keras model on a run as an MLflow model with its signature and an input example;
-    register it under `registered_model` when given. Loadable with `mlflow.pyfunc.load_model`
-    and servable with `mlflow models serve`."""
+    register it under `registered_model` when given, the version created with `version_tags`.
+    Loadable with `mlflow.pyfunc.load_model` and servable with `mlflow models serve`."""
     import keras
 
     from study.backend import package_versions
@@ -121,7 +122,7 @@ def log_keras_model(
     # artifacts, the active experiment: the run's, not "Default" with ./mlruns in the cwd.
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(experiment_id=MlflowClient(tracking_uri).get_run(run_id).info.experiment_id)
-    return mlflow.models.Model.log(
+    info = mlflow.models.Model.log(
         artifact_path=None,  # deprecated for `name`, yet still a required argument
         name=MODEL_NAME,
         flavor=keras_flavor(),
@@ -130,12 +131,18 @@ def log_keras_model(
         signature=signature,
         input_example=example,
         pip_requirements=requirements,
-        registered_model_name=registered_model,
-        await_registration_for=60,
         # The example is not replayed through a scoring server at logging time (seconds, and
         # Keras progress bars in the log): the tests load the registered model and predict.
         validate_serving_input=False,
     )
+    if registered_model:
+        # Registered here, not by Model.log: its tags are the version's from its first moment,
+        # so another process searching the registry never sees the version without them.
+        version = mlflow.register_model(
+            info.model_uri, registered_model, await_registration_for=60, tags=dict(version_tags or {})
+        )
+        info.registered_model_version = version.version
+    return info
 
 
 def keras_flavor() -> types.SimpleNamespace:

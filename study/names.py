@@ -28,3 +28,11 @@ ERROR_TAG = "error"  # one short line; the whole traceback is the run's error.tx
 NOTE_TAG = "mlflow.note.content"  # the run description the MLflow UI shows
 RUNG_TAG = "study.rung"  # scheduler=asha: the highest rung the configuration's run completed
 CONFIG_TAG = "study.config"  # scheduler=asha: the number of the configuration's first trial
+# The winner: on its run, and on the study's parent run.
+WINNER_TAG = "study.winner"  # "true" on the one run that won the study
+MODEL_URI_TAG = "mlflow_model_uri"  # on the winner's run: where its MLflow model is
+# On the winner's run and its registered version: which best.keras the model is. A promotion
+# (scheduler=asha) in a resumed study can improve the winner's checkpoint after it was logged.
+CHECKPOINT_TAG = "checkpoint_sha256"
+BEST_RUN_TAG = "best_trial_run_id"  # on the parent
+BEST_MODEL_TAG = "best_trial_model_uri"  # on the parent

@@ -37,6 +37,7 @@ from study.leaderboard import (
     space_targets,
     trial_config,
 )
+from study.names import BEST_MODEL_TAG, BEST_RUN_TAG
 from study.scheduler import Ladder, best_trial, config_of, is_promotion, rung_of
 from study.storage import MLFLOW_RUN_ATTR, TrialCounts, trial_score
 
@@ -372,10 +373,10 @@ def final_summary(
         ("MLflow UI", f"mlflow ui --backend-store-uri {uri}" if local_store else uri),
         ("table", f"python -m study.report --study {name}{uri_option}"),
     ]
-    run_id = summary.get("best_trial_run_id")
+    run_id = summary.get(BEST_RUN_TAG)
     if run_id:
         looks.append(("replay the winner", f"python -m study.reproduce {run_id}{uri_option}"))
-    model_uri = summary.get("best_trial_model_uri")
+    model_uri = summary.get(BEST_MODEL_TAG)
     if model_uri:
         looks.append(
             (

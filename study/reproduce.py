@@ -102,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     print(table.to_string(index=False))
     worst = float(table["abs_diff"].max()) if len(table) else 0.0
     same = worst <= args.tolerance
-    client.set_tag(original.info.run_id, "reproduced_by", reproduced.info.run_id)
-    client.set_tag(reproduced.info.run_id, "reproduction.max_abs_diff", repr(worst))
+    # log_batch: two reproductions of one run may tag it at once (see RunTracker.set_tags).
+    RunTracker(client, original.info.run_id).set_tags({"reproduced_by": reproduced.info.run_id})
+    RunTracker(client, reproduced.info.run_id).set_tags({"reproduction.max_abs_diff": repr(worst)})
     verdict = "reproduced" if same else f"NOT reproduced (tolerance {args.tolerance})"
     print(f"{verdict}: largest difference {worst:.3g}, new run {reproduced.info.run_id}")
     return 0 if same else EXIT_DIFFERENT

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import tempfile
 import warnings
@@ -14,6 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import optuna
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
@@ -21,6 +24,7 @@ from study.config import checked_config
 from study.data import load_dataset
 from study.leaderboard import METRIC, trials_table
 from study.lineage import log_keras_model
+from study.names import BEST_MODEL_TAG, BEST_RUN_TAG, CHECKPOINT_TAG, MODEL_URI_TAG, WINNER_TAG
 from study.scheduler import best_trial
 from study.storage import MLFLOW_RUN_ATTR, trial_score
 from study.tracking import RunTracker
@@ -40,7 +44,6 @@ PLOTS = {
 MIN_TRIALS_FOR_IMPORTANCES = 10
 PRUNED_LABEL = "pruned (best epoch)"
 INTERACTIVE = "interactive.html"  # every plot, zoomable, in one page
-MODEL_URI_TAG = "mlflow_model_uri"  # on the winner's run: where its MLflow model is
 
 
 def leaderboard(study: optuna.Study, targets: Mapping[str, str], test_accuracy: float | None = None):
@@ -230,11 +233,14 @@ def evaluate_winner(
         cfg = checked_config(OmegaConf.load(config_file))
         data = load_dataset(cfg.data, cfg.trainer.seed)
         model = keras.saving.load_model(checkpoint)
+        checkpoint_sha256 = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
         test_loss, test_accuracy = model.evaluate(
             data.x_test, data.y_test, batch_size=cfg.trainer.eval_batch_size, verbose=0
         )
         logits = model.predict(data.x_test, batch_size=cfg.trainer.eval_batch_size, verbose=0)
-        model_uri = log_winner_model(client, run_id, model, data.x_test, registered_model)
+        model_uri, registered_here = log_winner_model(
+            client, run_id, model, checkpoint_sha256, data.x_test, registered_model
+        )
     predictions = np.argmax(logits, axis=1)
     display = ConfusionMatrixDisplay.from_predictions(data.y_test, predictions, colorbar=False)
     display.ax_.set_title(f"trial {best.number} on the test set: accuracy {test_accuracy:.4f}")
@@ -246,33 +252,74 @@ def evaluate_winner(
         "best_val_accuracy": best.value,
         "best_trial_test_loss": float(test_loss),
         "best_trial_test_accuracy": float(test_accuracy),
-        "best_trial_run_id": run_id,
-        "best_trial_model_uri": model_uri,
+        BEST_RUN_TAG: run_id,
+        BEST_MODEL_TAG: model_uri,
     }
-    if registered_model:
+    if registered_here:
         describe_version(client, model_uri, best, float(test_accuracy), study.study_name)
+    crown(client, parent_run_id, run_id)
     parent = RunTracker(client, parent_run_id)
     parent.log_metrics({key: value for key, value in summary.items() if not key.endswith(("_id", "_uri"))})
-    parent.set_tags({"best_trial_run_id": run_id, "best_trial_model_uri": model_uri})
+    parent.set_tags({BEST_RUN_TAG: run_id, BEST_MODEL_TAG: model_uri})
     parent.flush()
-    client.set_tag(run_id, "study.winner", "true")
     return summary
 
 
+def crown(client: MlflowClient, parent_run_id: str, run_id: str) -> None:
+    """Tag the winner's run, and untag the run that an earlier session of the study crowned:
+    a search for `tags.study.winner = 'true'` finds one run per study."""
+    earlier = client.get_run(parent_run_id).data.tags.get(BEST_RUN_TAG)
+    if earlier and earlier != run_id:
+        with contextlib.suppress(MlflowException):  # another driver of the study untagged it
+            client.delete_tag(earlier, WINNER_TAG)
+    # Through log_batch, like every tag here: MLflow retries its write when two drivers that
+    # finish one study together tag the same run (its single-tag write fails the second one).
+    RunTracker(client, run_id).set_tags({WINNER_TAG: "true"})
+
+
 def log_winner_model(
-    client: MlflowClient, run_id: str, model: keras.Model, images: np.ndarray, registered_model: str | None
-) -> str:
-    """The winner as an MLflow model on its own run; its URI (models:/NAME/VERSION when
-    registered). A resumed study whose winner did not change logs nothing new."""
-    logged = client.get_run(run_id).data.tags.get(MODEL_URI_TAG)
-    if logged and (registered_model is None or logged.startswith(f"models:/{registered_model}/")):
-        return logged
-    info = log_keras_model(client.tracking_uri, run_id, model, images, registered_model)
-    uri = info.model_uri
+    client: MlflowClient,
+    run_id: str,
+    model: keras.Model,
+    checkpoint_sha256: str,
+    images: np.ndarray,
+    registered_model: str | None,
+) -> tuple[str, bool]:
+    """The winner as an MLflow model on its own run: its URI (models:/NAME/VERSION when
+    registered), and whether this call made the registered version. A resumed study whose
+    winner and its checkpoint did not change logs nothing new."""
+    tags = client.get_run(run_id).data.tags
+    logged = tags.get(MODEL_URI_TAG)
+    if (
+        logged
+        and tags.get(CHECKPOINT_TAG) == checkpoint_sha256
+        and (registered_model is None or logged.startswith(f"models:/{registered_model}/"))
+    ):
+        return logged, False
+    info = log_keras_model(
+        client.tracking_uri, run_id, model, images, registered_model, {CHECKPOINT_TAG: checkpoint_sha256}
+    )
+    uri, registered_here = info.model_uri, False
     if registered_model and info.registered_model_version is not None:
-        uri = f"models:/{registered_model}/{info.registered_model_version}"
-    client.set_tag(run_id, MODEL_URI_TAG, uri)
-    return uri
+        version = int(info.registered_model_version)
+        first = first_version_of(client, registered_model, run_id, checkpoint_sha256)
+        if first < version:  # another driver of this study registered this winner a moment ago
+            client.delete_model_version(registered_model, str(version))
+            client.delete_logged_model(info.model_id)
+            log.info("the winner is version %d of %s, registered by another driver", first, registered_model)
+        uri, registered_here = f"models:/{registered_model}/{first}", first == version
+    RunTracker(client, run_id).set_tags({MODEL_URI_TAG: uri, CHECKPOINT_TAG: checkpoint_sha256})
+    return uri, registered_here
+
+
+def first_version_of(client: MlflowClient, registered_model: str, run_id: str, checkpoint_sha256: str) -> int:
+    """Drivers that share a study see it done at the same moment and each evaluate and
+    register its winner. The registry keeps the first version made from the winner's run and
+    checkpoint; a driver whose version came later deletes its own, so every driver ends up
+    naming the same one, whatever the order of their writes."""
+    same_model = f"run_id = '{run_id}' and tags.{CHECKPOINT_TAG} = '{checkpoint_sha256}'"
+    versions = client.search_model_versions(f"name = '{registered_model}' and {same_model}")
+    return min(int(version.version) for version in versions)
 
 
 def describe_version(client: MlflowClient, model_uri: str, best, test_accuracy: float, study: str) -> None:

@@ -146,6 +146,8 @@ class RunTracker:
             self.client.log_batch(self.run_id, params=chunk)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Tags through log_batch, whose SQL store retries when another process inserts the same
+        tag at the same moment (drivers that finish a study together); `set_tag` fails there."""
         entries = [RunTag(key, mask_secrets(str(value))[:MAX_TAG_LENGTH]) for key, value in tags.items()]
         for chunk in _chunks(entries, MAX_TAGS_PER_BATCH):
             self.client.log_batch(self.run_id, tags=chunk)

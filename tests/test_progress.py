@@ -202,6 +202,11 @@ def test_leaderboard_columns_are_config_keys_with_roles_and_rounded_figures():
     assert table.iloc[4]["error"] == "NonFiniteLossError: train_loss is nan"
 
 
+def test_a_trial_that_lost_the_race_for_the_last_places_is_not_on_the_leaderboard():
+    raced = [*a_study_in_progress(), trial(5, TrialState.FAIL, None, (), not_needed=True)]
+    assert list(trials_table(raced, TARGETS)["trial"]) == [1, 0, 2, 4, 3]
+
+
 def test_asha_segments_show_their_rung_and_where_they_are_on_the_configurations_curve():
     out = io.StringIO()
     console = Console(file=out, force_terminal=False, width=200, color_system=None)

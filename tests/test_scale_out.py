@@ -152,6 +152,11 @@ def test_independent_sweeps_cooperate_on_one_study(sweep_setup, postgres, tracki
             child = children[trial.user_attrs["mlflow_run_id"]]
             assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
     assert not [run for run in runs if run.info.status in ("RUNNING", "SCHEDULED")]
+    # Both drivers saw the study done and evaluated its winner; the registry holds it once and
+    # both name that version (CI saw two versions and a driver failing on the winner's tag).
+    versions = client.search_model_versions("name = 'together'")
+    assert [str(version.version) for version in versions] == ["1"]
+    assert all("models:/together/1" in output for output in outputs)
 
     # Credentials never reach MLflow or the console.
     assert (
