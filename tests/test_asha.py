@@ -68,15 +68,29 @@ def check_retried_from_its_checkpoint(tmp_path: Path, killed, n_trials: int) -> 
     assert runs[run_id].info.status == "FINISHED"
 
 
+# Promotions of several epochs in batches of 4: a signal sent when a promotion is one epoch in
+# lands while it trains, not as it finishes (with promotions of one tiny epoch it sometimes did).
+LONG_PROMOTIONS = [
+    "trainer.epochs=12",
+    "scheduler.max_resource=12",
+    "scheduler.min_resource=3",
+    "trainer.batch_size=4",
+]
+LONG_RUNGS = (3, 6, 12)
+
+
 def promotion_mid_rung(tmp_path: Path):
-    """A promotion that is training (an epoch in) with its worker recorded, or None."""
+    """A promotion that is training, an epoch in and two or more from its rung's end, with its
+    worker recorded, or None."""
     try:
         trials = load(tmp_path).get_trials()
     except Exception:  # the study does not exist yet
         return None
     for trial in trials:
         running = trial.state == TrialState.RUNNING and trial.intermediate_values
-        if scheduler.is_promotion(trial) and running and WORKER_ATTR in trial.user_attrs:
+        if not (scheduler.is_promotion(trial) and running and WORKER_ATTR in trial.user_attrs):
+            continue
+        if LONG_RUNGS[scheduler.rung_of(trial)] - max(trial.intermediate_values) >= 2:
             return trial
     return None
 
@@ -135,7 +149,7 @@ def test_a_promotion_killed_mid_rung_is_retried_from_its_checkpoint(sweep_setup)
     """SIGKILL to the whole study while a promotion trains: the rerun retries the promotion from
     the configuration's last checkpoint and gets the same numbers as the killed attempt."""
     tmp_path, overrides = sweep_setup
-    overrides += [*ASHA, "study.n_trials=4", "trainer.epochs=12", "scheduler.max_resource=12"]  # 1, 2, 4, 12
+    overrides += [*ASHA, "study.n_trials=4", *LONG_PROMOTIONS]
 
     crashed = start_in_own_session(overrides, tmp_path)
     try:
@@ -150,6 +164,7 @@ def test_a_promotion_killed_mid_rung_is_retried_from_its_checkpoint(sweep_setup)
     check_retried_from_its_checkpoint(tmp_path, killed, 4)
 
 
+@pytest.mark.slow
 def test_hyperband_brackets_and_two_workers_as_a_user_runs_them(sweep_setup):
     """`scheduler.brackets=2` from the shell with two workers: some configurations start at
     rung 1 (two epochs from scratch), and every invariant of one run per configuration holds."""
@@ -187,8 +202,7 @@ def test_a_worker_killed_mid_promotion_is_replaced_and_the_promotion_retried(swe
         *ASHA,
         "study.n_workers=2",
         "study.n_trials=6",
-        "trainer.epochs=12",
-        "scheduler.max_resource=12",
+        *LONG_PROMOTIONS,
     ]
 
     driver = subprocess.Popen(
