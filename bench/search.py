@@ -10,9 +10,9 @@ Strategies: `none` (every trial trains all its epochs), `median` (Optuna's Media
 `hyperband` (Optuna's HyperbandPruner), `asha` (scheduler=asha: promotion from checkpoints,
 rungs of 1, 3, 9 epochs), `asha-steps` (the same with a first rung of `--first-rung-steps`
 optimizer steps); each with the samplers of `--samplers` (TPE, random) and `--seeds` seeds
-(sampler and trainer seed). The space: softmax or the Deep-MNIST CNN x SGD / Adam / RMSProp x
-log learning rate 1e-4..1 x dropout (CNN), batch 100, `--epochs` (9) at most, no enqueued
-baseline.
+(sampler and trainer seed, from `--first-seed` on). The space: softmax or the Deep-MNIST CNN x
+SGD / Adam / RMSProp x log learning rate 1e-4..1 x dropout (CNN), batch 100, `--epochs` (9) at
+most, no enqueued baseline.
 
 The score over time is the best validation accuracy any run had logged by then (MLflow's
 per-epoch metrics and their timestamps, from the sweep's start), whatever the strategy did with
@@ -75,6 +75,13 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-path", help="MNIST IDX folder or .npz (default: download through Keras)")
     parser.add_argument("--budget", type=float, default=1200.0, help="seconds per study (default: 1200)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per strategy and sampler (default: 3)")
+    parser.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="the seeds are FIRST_SEED .. FIRST_SEED + SEEDS - 1 (default: 0): more seeds for an "
+        "earlier bench, on another machine or in another --out",
+    )
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help="default: %(default)s")
     parser.add_argument("--samplers", default="tpe,random", help="default: %(default)s")
     parser.add_argument("--epochs", type=int, default=9, help="epochs of a full trial (default: 9)")
@@ -110,8 +117,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [s for s in args.strategies if s not in STRATEGIES]
     if unknown:
         parser.error(f"--strategies: expected some of {', '.join(STRATEGIES)}, got {', '.join(unknown)}")
-    if args.seeds < 1 or args.budget <= 0:
-        parser.error("--seeds: expected 1 or more; --budget: expected > 0")
+    if args.seeds < 1 or args.first_seed < 0 or args.budget <= 0:
+        parser.error("--seeds: expected 1 or more; --first-seed: expected 0 or more; --budget: expected > 0")
     if not 1 <= args.parallel <= (os.cpu_count() or 1):
         parser.error(f"--parallel: expected 1 to {os.cpu_count()} (the CPU cores), got {args.parallel}")
     if args.out is None:
@@ -216,7 +223,7 @@ def summarize(args: argparse.Namespace, curves: pd.DataFrame, trials: pd.DataFra
     rows = []
     for strategy, sampler in itertools.product(args.strategies, args.samplers):
         group = curves[(curves["strategy"] == strategy) & (curves["sampler"] == sampler)]
-        seeds = [group[group["seed"] == seed] for seed in range(args.seeds)]
+        seeds = [group[group["seed"] == seed] for seed in seed_range(args)]
         finals = [points["best_val_accuracy"].max() if len(points) else 0.0 for points in seeds]
         to_target = {target: [seconds_to(points, target) for points in seeds] for target in targets(args)}
         counts = trials[(trials["strategy"] == strategy) & (trials["sampler"] == sampler)]
@@ -232,6 +239,10 @@ def summarize(args: argparse.Namespace, curves: pd.DataFrame, trials: pd.DataFra
             }
         )
     return pd.DataFrame(rows)
+
+
+def seed_range(args: argparse.Namespace) -> range:
+    return range(args.first_seed, args.first_seed + args.seeds)
 
 
 def seconds_to(points: pd.DataFrame, target: float) -> float:
@@ -252,14 +263,14 @@ def plot(args: argparse.Namespace, curves: pd.DataFrame) -> Path:
     for axis, sampler in zip(axes[0], args.samplers, strict=True):
         for strategy in args.strategies:
             mine = curves[(curves["strategy"] == strategy) & (curves["sampler"] == sampler)]
-            for seed in range(args.seeds):
+            for seed in seed_range(args):
                 points = mine[mine["seed"] == seed]
                 if points.empty:
                     continue
                 xs = [*points["seconds"], args.budget]
                 ys = [*points["best_val_accuracy"], points["best_val_accuracy"].iloc[-1]]
                 axis.step(xs, ys, where="post", color=colors[strategy], alpha=0.8,
-                          label=strategy if seed == 0 else None)  # fmt: skip
+                          label=strategy if seed == args.first_seed else None)  # fmt: skip
         axis.axhline(args.target, color="black", linewidth=0.5, linestyle="--")
         low = max(0.0, curves["best_val_accuracy"].quantile(0.1) - 0.02) if len(curves) else 0.0
         axis.set(title=f"sampler={sampler}", xlabel="seconds", ylabel="best val_accuracy so far")
@@ -343,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "conf" / "search_space" / "bench.yaml").write_text(SPACE)
     (args.out / "logs").mkdir(exist_ok=True)
     # Seeds outermost: a cut-short bench still compares strategies.
-    studies = list(itertools.product(range(args.seeds), args.samplers, args.strategies))
+    studies = list(itertools.product(seed_range(args), args.samplers, args.strategies))
     results = Results(args.out)
     to_run = [study for study in studies if not results.has(*study)]
     if len(to_run) < len(studies):

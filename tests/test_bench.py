@@ -43,13 +43,14 @@ def test_quick_benchmark_prints_and_writes_its_tables(tmp_path):
 def test_quick_search_benchmark_writes_curves_summary_and_plot_and_goes_on_where_it_stopped(tmp_path):
     out = tmp_path / "search"
 
-    def bench(strategies: str) -> subprocess.CompletedProcess:
+    def bench(strategies: str, *more: str) -> subprocess.CompletedProcess:
         command = [
             sys.executable,
             "bench/search.py",
             "--quick",
             "--strategies",
             strategies,
+            *more,
             "--out",
             str(out),
         ]
@@ -75,3 +76,12 @@ def test_quick_search_benchmark_writes_curves_summary_and_plot_and_goes_on_where
     assert "median_s_to_0.9" in done.stdout
     steps_log = (out / "logs" / "asha-steps-tpe-0.log").read_text()
     assert "rung 0 step" in steps_log  # the first rung is counted in optimizer steps
+
+    # More seeds for the same bench: --first-seed 1 runs seed 1 alone and summarizes it alone.
+    done = bench("asha", "--first-seed", "1")
+    (sweep,) = [line for line in done.stdout.splitlines() if " -m study.sweep " in line]
+    assert sweep.startswith("asha-tpe-1:") and "sampler.seed=1 trainer.seed=1" in sweep
+    summary = pd.read_csv(out / "summary.csv")
+    (reached,) = summary["seeds_reaching_target"]
+    assert list(summary["strategy"]) == ["asha"] and reached.endswith("/1")
+    assert sorted(pd.read_csv(out / "studies.csv")["seed"]) == [0, 0, 0, 1]
