@@ -117,8 +117,12 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [s for s in args.strategies if s not in STRATEGIES]
     if unknown:
         parser.error(f"--strategies: expected some of {', '.join(STRATEGIES)}, got {', '.join(unknown)}")
-    if args.seeds < 1 or args.first_seed < 0 or args.budget <= 0:
-        parser.error("--seeds: expected 1 or more; --first-seed: expected 0 or more; --budget: expected > 0")
+    if args.seeds < 1:
+        parser.error(f"--seeds: expected 1 or more, got {args.seeds}")
+    if args.first_seed < 0:
+        parser.error(f"--first-seed: expected 0 or more, got {args.first_seed}")
+    if args.budget <= 0:
+        parser.error(f"--budget: expected > 0 seconds, got {args.budget:g}")
     if not 1 <= args.parallel <= (os.cpu_count() or 1):
         parser.error(f"--parallel: expected 1 to {os.cpu_count()} (the CPU cores), got {args.parallel}")
     if args.out is None:

@@ -108,17 +108,16 @@ def build_ladder(scheduler_cfg: Any, trainer_cfg: Any, train_examples: int) -> L
         else:
             max_resource = trainer_cfg.epochs * steps_per_epoch
     eta = cfg.reduction_factor
-    if cfg.min_resource != "auto":
-        if max_resource < cfg.min_resource:
+    if cfg.min_resource == "auto" and cfg.resource_unit == "steps":
+        budgets = rungs_down_from(max_resource, eta, lowest=steps_per_epoch / eta)
+    else:
+        min_resource = 1 if cfg.min_resource == "auto" else cfg.min_resource
+        if max_resource < min_resource:
             raise ConfigError(
-                f"scheduler.max_resource: expected >= scheduler.min_resource ({cfg.min_resource} "
+                f"scheduler.max_resource: expected >= scheduler.min_resource ({min_resource} "
                 f"{cfg.resource_unit}), got {max_resource} (it defaults to trainer.epochs)"
             )
-        budgets = rung_budgets(cfg.min_resource, max_resource, eta)
-    elif cfg.resource_unit == "epochs":
-        budgets = rung_budgets(1, max_resource, eta)
-    else:
-        budgets = rungs_down_from(max_resource, eta, lowest=steps_per_epoch / eta)
+        budgets = rung_budgets(min_resource, max_resource, eta)
     return checked_ladder(Ladder(budgets, eta, cfg.resource_unit, cfg.brackets), trainer_cfg)
 
 

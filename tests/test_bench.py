@@ -85,3 +85,29 @@ def test_quick_search_benchmark_writes_curves_summary_and_plot_and_goes_on_where
     (reached,) = summary["seeds_reaching_target"]
     assert list(summary["strategy"]) == ["asha"] and reached.endswith("/1")
     assert sorted(pd.read_csv(out / "studies.csv")["seed"]) == [0, 0, 0, 1]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (["--first-seed", "-1"], "--first-seed: expected 0 or more, got -1"),
+        (["--seeds", "0"], "--seeds: expected 1 or more, got 0"),
+        (["--budget", "0"], "--budget: expected > 0 seconds, got 0"),
+    ],
+)
+def test_search_bench_refuses_bad_arguments_in_one_line(tmp_path, arguments, expected):
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(PROJECT_DIR / "bench" / "search.py"),
+            *arguments,
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and done.stderr.splitlines()[-1].endswith(expected), done.stderr
+    assert not (tmp_path / "out").exists()
