@@ -16,11 +16,11 @@ import time
 
 import keras
 
-from study import backend
-from study.data import load_dataset
-from study.models import build_model
-from study.optimizers import build_optimizer
-from study.train import run_inputs
+from study.training import backend
+from study.training.data import load_dataset
+from study.training.models import build_model
+from study.training.optimizers import build_optimizer
+from study.training.run import run_inputs
 
 from common import main_overrides, print_result, train_config
 

@@ -18,8 +18,8 @@ import time
 import keras
 from mlflow import MlflowClient
 
-from study.data import load_dataset
-from study.train import train
+from study.training.data import load_dataset
+from study.training.run import train
 
 from common import main_overrides, print_result, train_config
 

@@ -2,7 +2,7 @@
 
 import os
 
-from study.native_logs import quiet_backend_startup
+from study.core.native_logs import quiet_backend_startup
 
 # TensorFlow's C++ start-up chatter ("Could not find cuda drivers", "failed call to cuInit" on
 # a CPU machine, "NodeDef mentions attribute ...") drowns the lines a user needs. Level 3 keeps

@@ -15,8 +15,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from study.config import CONFIG_DIR
-from study.data import IDX_FILES, write_idx
+from study.config.schema import CONFIG_DIR
+from study.training.data import IDX_FILES, write_idx
 
 IMAGE_SIZE = 12
 NUM_CLASSES = 10

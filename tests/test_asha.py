@@ -13,8 +13,8 @@ import pytest
 from optuna.trial import TrialState
 
 from study import report, reproduce, scheduler
-from study.names import WORKER_ATTR
-from study.sweep import run_sweep
+from study.core.names import WORKER_ATTR
+from study.execution.driver import run_sweep
 from tests.conftest import compose_config
 from tests.test_sweep import all_runs, load, start_in_own_session, stores, sweep_command, wait_for
 

@@ -16,8 +16,8 @@ import pytest
 from mlflow import MlflowClient
 
 from study import report, reproduce
-from study.backend import visible_gpus
-from study.config import ConfigError, checked_sweep_config, gpus_problem
+from study.training.backend import visible_gpus
+from study.config.schema import ConfigError, checked_sweep_config, gpus_problem
 from tests.conftest import TINY_VALIDATION, compose_config, free_port, run_command, synthetic_digits
 
 PASSWORD = "S3cretPW"

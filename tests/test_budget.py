@@ -8,8 +8,8 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from study.budget import DONE, TIMEOUT, TOO_MANY_FAILURES, judge
-from study.names import FAIL_REASON_ATTR, NOT_NEEDED_ATTR
+from study.search.budget import DONE, TIMEOUT, TOO_MANY_FAILURES, judge
+from study.core.names import FAIL_REASON_ATTR, NOT_NEEDED_ATTR
 
 X = {"x": optuna.distributions.FloatDistribution(0, 1)}
 SESSION_START = datetime.datetime(2026, 11, 22, 12, 0, 0)

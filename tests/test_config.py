@@ -9,9 +9,9 @@ import pytest
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from study.cli import config_paths_from_cwd
-from study.config import CONFIG_DIR, ConfigError, checked_config, checked_sweep_config, describe_error
-from study.train import write_replay_config
+from study.core.cli import config_paths_from_cwd
+from study.config.schema import CONFIG_DIR, ConfigError, checked_config, checked_sweep_config, describe_error
+from study.training.run import write_replay_config
 from tests.conftest import compose_config
 
 GROUPS = ("data", "model", "optimizer", "trainer", "mlflow")
@@ -147,7 +147,7 @@ def test_study_settings_are_checked(overrides, expected):
 REPLAY_CHECK = """
 import sys
 from omegaconf import OmegaConf
-from study.config import checked_config
+from study.config.schema import checked_config
 print(checked_config(OmegaConf.load(sys.argv[1])).model.name)
 """
 

@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from study.names import BASELINE_ATTR, MLFLOW_RUN_ATTR, STATE_TAG
+from study.core.names import BASELINE_ATTR, MLFLOW_RUN_ATTR, STATE_TAG
 
 N_TRIALS = 3
 EXPECTED_RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": ("FAILED", "KILLED")}
@@ -344,7 +344,7 @@ def test_full_tracking_disk_stops_the_session_with_one_line_then_resumes(sweep_s
 
 SWALLOWING_WORKER = """
 import sys, time
-from study.signals import WorkerSignals
+from study.execution.signals import WorkerSignals
 signals = WorkerSignals(grace_seconds=2)
 signals.install()
 print("ready", flush=True)

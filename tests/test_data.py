@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from study.config import ConfigError
-from study.data import IDX_FILES, load_dataset, read_idx, write_idx
+from study.config.schema import ConfigError
+from study.training.data import IDX_FILES, load_dataset, read_idx, write_idx
 from tests.conftest import IMAGE_SIZE, TINY_SIZES, TINY_VALIDATION, synthetic_digits
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from study.sweep import run_sweep
+from study.execution.driver import run_sweep
 from tests.conftest import compose_config, free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from study.config import SCHEMAS
-from study.models import MODELS, build_model
-from study.optimizers import OPTIMIZERS, build_optimizer
+from study.config.schema import SCHEMAS
+from study.training.models import MODELS, build_model
+from study.training.optimizers import OPTIMIZERS, build_optimizer
 
 
 def model_cfg(name: str):

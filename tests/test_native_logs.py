@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from study.native_logs import NATIVE_LINE, PRE_INIT_NOTICE, filtered_stderr, keep_line
+from study.core.native_logs import NATIVE_LINE, PRE_INIT_NOTICE, filtered_stderr, keep_line
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 INFO = (

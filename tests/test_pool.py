@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from study.pool import worker_slots
+from study.execution.pool import worker_slots
 
 
 def study_cfg(**values):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from mlflow import MlflowClient
 
-from study.config import CONFIG_DIR, checked_config
-from study.train import train
+from study.config.schema import CONFIG_DIR, checked_config
+from study.training.run import train
 
 PRESETS = sorted(path.stem for path in (CONFIG_DIR / "experiment").glob("*.yaml"))
 

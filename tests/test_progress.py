@@ -15,10 +15,10 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 from rich.console import Console
 
-from study.leaderboard import trials_table
-from study.progress import StudyProgress, final_summary
-from study.scheduler import Ladder
-from study.storage import count_trials
+from study.reporting.leaderboard import trials_table
+from study.reporting.live import StudyProgress, final_summary
+from study.search.asha import Ladder
+from study.execution.storage import count_trials
 
 TARGETS = {
     "model": "model",

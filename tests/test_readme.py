@@ -35,7 +35,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from study.backend import visible_gpus
+from study.training.backend import visible_gpus
 from tests.conftest import free_port
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent

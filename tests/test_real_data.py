@@ -10,7 +10,7 @@ import sys
 import pytest
 from mlflow import MlflowClient
 
-from study.train import train
+from study.training.run import train
 from tests.conftest import compose_config
 
 

@@ -9,8 +9,8 @@ import pytest
 from mlflow import MlflowClient
 
 from study import reproduce
-from study.data import IDX_FILES
-from study.train import train
+from study.training.data import IDX_FILES
+from study.training.run import train
 from tests.conftest import TINY_MODEL_OVERRIDES, TINY_VALIDATION, compose_config
 
 

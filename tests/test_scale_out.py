@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from study.storage import WORKER_ATTR
+from study.execution.storage import WORKER_ATTR
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow

@@ -10,13 +10,13 @@ from omegaconf import OmegaConf
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from study import scheduler
-from study.budget import DONE, judge
-from study.config import ConfigError, checked_sweep_config
-from study.samplers import RungSampler, build_sampler, for_scheduler
-from study.scheduler import CONFIG_ATTR, RUNG_ATTR, Ladder
-from study.search_space import SearchSpace
-from study.storage import NOT_NEEDED_ATTR
+from study.search import asha
+from study.search.budget import DONE, judge
+from study.config.schema import ConfigError, checked_sweep_config
+from study.search.samplers import RungSampler, build_sampler, for_scheduler
+from study.search.asha import CONFIG_ATTR, RUNG_ATTR, Ladder
+from study.search.space import SearchSpace
+from study.execution.storage import NOT_NEEDED_ATTR
 from tests.conftest import compose_config
 
 LR = {"lr": FloatDistribution(1e-4, 1.0, log=True)}
@@ -69,7 +69,7 @@ class Trials:
     ],
 )
 def test_rung_budgets(low, high, eta, budgets):
-    assert scheduler.rung_budgets(low, high, eta) == budgets
+    assert asha.rung_budgets(low, high, eta) == budgets
 
 
 @pytest.mark.parametrize(
@@ -86,39 +86,39 @@ def test_rung_budgets(low, high, eta, budgets):
 def test_automatic_step_rungs_divide_the_top_rung_by_eta_down_to_about_an_epoch_over_eta(
     top, eta, lowest, budgets
 ):
-    assert scheduler.rungs_down_from(top, eta, lowest) == budgets
+    assert asha.rungs_down_from(top, eta, lowest) == budgets
 
 
 def ladder_for(*overrides, train_examples=55000):
     cfg = compose_config("sweep", ["scheduler=asha", "pruner=none", *overrides])
-    return scheduler.build_ladder(cfg.scheduler, cfg.trainer, train_examples)
+    return asha.build_ladder(cfg.scheduler, cfg.trainer, train_examples)
 
 
 def test_ladder_defaults_to_the_trainer_budget_and_refuses_bad_combinations():
     assert ladder_for("trainer.epochs=9").budgets == (1, 3, 9)
     # 55,000 examples in batches of 50: 1,100 steps an epoch, 2 epochs.
-    steps = ladder_for("scheduler.resource_unit=steps", "scheduler.min_resource=100", "trainer.epochs=2")
+    steps = ladder_for("asha.resource_unit=steps", "asha.min_resource=100", "trainer.epochs=2")
     assert steps.budgets == (100, 300, 900, 2200) and steps.unit == "steps"
     # min_resource=auto: a first rung of about a third of an epoch, the others from the top down.
-    by_max_steps = ladder_for("scheduler.resource_unit=steps", "trainer.max_steps=900")
+    by_max_steps = ladder_for("asha.resource_unit=steps", "trainer.max_steps=900")
     assert by_max_steps.budgets == (300, 900)
-    nine_epochs = ladder_for("scheduler.resource_unit=steps", "trainer.epochs=9", "trainer.batch_size=100")
+    nine_epochs = ladder_for("asha.resource_unit=steps", "trainer.epochs=9", "trainer.batch_size=100")
     assert nine_epochs.budgets == (183, 550, 1650, 4950)
-    with pytest.raises(ConfigError, match=r"scheduler.max_resource: expected >= scheduler.min_resource"):
-        ladder_for("scheduler.min_resource=4", "trainer.epochs=3")
+    with pytest.raises(ConfigError, match=r"asha.max_resource: expected >= asha.min_resource"):
+        ladder_for("asha.min_resource=4", "trainer.epochs=3")
     with pytest.raises(ConfigError, match=r"^trainer.max_steps: scheduler=asha with resource_unit=epochs"):
         ladder_for("trainer.max_steps=100")
-    with pytest.raises(ConfigError, match=r"scheduler.brackets: expected at most the 3 rungs"):
-        ladder_for("trainer.epochs=9", "scheduler.brackets=4")
+    with pytest.raises(ConfigError, match=r"asha.brackets: expected at most the 3 rungs"):
+        ladder_for("trainer.epochs=9", "asha.brackets=4")
 
 
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
         (["pruner=median"], "pruner: expected none with scheduler=asha"),
-        (["scheduler.reduction_factor=1"], "scheduler.reduction_factor: expected an integer >= 2"),
-        (["scheduler.resource_unit=batches"], "scheduler.resource_unit: expected epochs or steps"),
-        (["scheduler.min_resource=0"], "scheduler.min_resource: expected 'auto' or an integer >= 1"),
+        (["asha.reduction_factor=1"], "asha.reduction_factor: expected an integer >= 2"),
+        (["asha.resource_unit=batches"], "asha.resource_unit: expected epochs or steps"),
+        (["asha.min_resource=0"], "asha.min_resource: expected 'auto' or an integer >= 1"),
     ],
 )
 def test_bad_scheduler_settings_are_one_line_errors(overrides, expected):
@@ -141,7 +141,7 @@ def test_nothing_is_promoted_before_a_rung_has_eta_results():
     trials = Trials()
     trials.config(0.5)
     trials.config(0.7)
-    assert scheduler.next_promotion(trials.all, NINE) is None
+    assert asha.next_promotion(trials.all, NINE) is None
 
 
 def test_the_best_of_a_rung_is_promoted_once_with_its_params():
@@ -149,15 +149,15 @@ def test_the_best_of_a_rung_is_promoted_once_with_its_params():
     trials.config(0.5)
     best = trials.config(0.9, lr=0.3)
     trials.config(0.7)
-    promotion = scheduler.next_promotion(trials.all, NINE)
-    assert promotion == scheduler.Promotion(best, 1, {"lr": 0.3})
+    promotion = asha.next_promotion(trials.all, NINE)
+    assert promotion == asha.Promotion(best, 1, {"lr": 0.3})
     assert promotion.user_attrs == {CONFIG_ATTR: best, RUNG_ATTR: 1}
 
     trials.promotion(best, 1, state=TrialState.WAITING)  # enqueued: no longer due
-    assert scheduler.next_promotion(trials.all, NINE) is None
+    assert asha.next_promotion(trials.all, NINE) is None
     for value in (0.6, 0.2, 0.3):  # six results: the top two go on
         trials.config(value)
-    assert scheduler.next_promotion(trials.all, NINE).config == 2  # 0.7, the second best
+    assert asha.next_promotion(trials.all, NINE).config == 2  # 0.7, the second best
 
 
 def test_the_highest_rung_goes_first_and_the_top_rung_never():
@@ -165,13 +165,13 @@ def test_the_highest_rung_goes_first_and_the_top_rung_never():
     configs = [trials.config(value) for value in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)]
     for config, value in zip(configs[-3:], (0.91, 0.95, 0.93), strict=True):
         trials.promotion(config, 1, value)
-    promotion = scheduler.next_promotion(trials.all, NINE)
+    promotion = asha.next_promotion(trials.all, NINE)
     assert (promotion.config, promotion.rung) == (configs[-2], 2)  # before rung 0's candidates
     trials.promotion(configs[-2], 2, 0.97)
-    assert scheduler.next_promotion(trials.all, NINE) is None  # rung 2 is the top (9 epochs)
+    assert asha.next_promotion(trials.all, NINE) is None  # rung 2 is the top (9 epochs)
     for value in (0.01, 0.02, 0.03):  # 12 results at rung 0: the fourth best goes on
         trials.config(value)
-    promotion = scheduler.next_promotion(trials.all, NINE)
+    promotion = asha.next_promotion(trials.all, NINE)
     assert (promotion.config, promotion.rung) == (configs[5], 1)
 
 
@@ -180,9 +180,9 @@ def test_ties_go_to_the_earlier_configuration_and_failures_are_not_promoted_agai
     first = trials.config(0.8)
     trials.config(0.8)
     trials.config(0.1)
-    assert scheduler.next_promotion(trials.all, NINE).config == first
+    assert asha.next_promotion(trials.all, NINE).config == first
     trials.promotion(first, 1, state=TrialState.FAIL, fail_reason="NonFiniteLossError")
-    assert scheduler.next_promotion(trials.all, NINE) is None  # top 1 of 3, and it failed
+    assert asha.next_promotion(trials.all, NINE) is None  # top 1 of 3, and it failed
 
 
 def test_results_of_trials_that_were_not_needed_do_not_count():
@@ -190,21 +190,21 @@ def test_results_of_trials_that_were_not_needed_do_not_count():
     for value in (0.5, 0.6):
         trials.config(value)
     trials.config(0.9, **{NOT_NEEDED_ATTR: True})
-    assert scheduler.next_promotion(trials.all, NINE) is None
-    assert scheduler.configurations_done(trials.all) == 2
+    assert asha.next_promotion(trials.all, NINE) is None
+    assert asha.configurations_done(trials.all) == 2
 
 
 def test_the_study_is_done_when_n_configurations_are_in_and_no_promotion_is_due_or_running():
     trials = Trials()
     configs = [trials.config(value) for value in (0.5, 0.9, 0.7)]
-    assert not scheduler.is_done(trials.all, 4, NINE)  # a configuration is missing
-    assert not scheduler.is_done(trials.all, 3, NINE)  # the best one is due for rung 1
-    assert not scheduler.may_start_configuration(trials.all, 3)
-    assert scheduler.may_start_configuration(trials.all, 4)
+    assert not asha.is_done(trials.all, 4, NINE)  # a configuration is missing
+    assert not asha.is_done(trials.all, 3, NINE)  # the best one is due for rung 1
+    assert not asha.may_start_configuration(trials.all, 3)
+    assert asha.may_start_configuration(trials.all, 4)
     promoted = trials.promotion(configs[1], 1, state=TrialState.RUNNING)
-    assert not scheduler.is_done(trials.all, 3, NINE)  # running
+    assert not asha.is_done(trials.all, 3, NINE)  # running
     trials.study.tell(promoted, 0.95)
-    assert scheduler.is_done(trials.all, 3, NINE)  # one result at rung 1: nothing more is due
+    assert asha.is_done(trials.all, 3, NINE)  # one result at rung 1: nothing more is due
 
 
 def test_duplicate_promotions_lowest_live_number_wins():
@@ -214,18 +214,18 @@ def test_duplicate_promotions_lowest_live_number_wins():
     running = trials.promotion(config, 1, state=TrialState.RUNNING)
     other = trials.promotion(trials.config(0.5), 1, state=TrialState.RUNNING)
     by_number = {trial.number: trial for trial in trials.all}
-    assert scheduler.duplicate_of(by_number[running], trials.all).number == waiting
-    assert scheduler.duplicate_of(by_number[waiting], trials.all) is None
-    assert scheduler.duplicate_of(by_number[other], trials.all) is None
-    assert scheduler.duplicate_of(by_number[config], trials.all) is None  # a first segment
+    assert asha.duplicate_of(by_number[running], trials.all).number == waiting
+    assert asha.duplicate_of(by_number[waiting], trials.all) is None
+    assert asha.duplicate_of(by_number[other], trials.all) is None
+    assert asha.duplicate_of(by_number[config], trials.all) is None  # a first segment
     # A complete one wins whatever its number; a failed one never does.
     retried = trials.promotion(config, 1, state=TrialState.COMPLETE, value=0.95)
-    assert scheduler.duplicate_of(by_number[waiting], trials.all).number == retried
+    assert asha.duplicate_of(by_number[waiting], trials.all).number == retried
     fresh = Trials()
     config = fresh.config(0.9)
     fresh.promotion(config, 1, state=TrialState.FAIL)
     retry = fresh.promotion(config, 1, state=TrialState.RUNNING)
-    assert scheduler.duplicate_of(fresh.all[retry], fresh.all) is None
+    assert asha.duplicate_of(fresh.all[retry], fresh.all) is None
 
 
 def test_the_winner_is_the_best_of_the_highest_rung():
@@ -234,9 +234,9 @@ def test_the_winner_is_the_best_of_the_highest_rung():
     steady = trials.config(0.95)
     trials.config(0.1)
     promoted = trials.promotion(steady, 1, 0.96)
-    assert scheduler.best_trial(trials.all).number == promoted
-    assert scheduler.rank_key(trials.all[promoted]) > scheduler.rank_key(trials.all[early])
-    assert scheduler.best_trial([]) is None
+    assert asha.best_trial(trials.all).number == promoted
+    assert asha.rank_key(trials.all[promoted]) > asha.rank_key(trials.all[early])
+    assert asha.best_trial([]) is None
 
 
 def test_the_sampler_sees_each_configuration_once_ranked_by_rung_then_value():
@@ -249,7 +249,7 @@ def test_the_sampler_sees_each_configuration_once_ranked_by_rung_then_value():
     trials.promotion(configs[0], 1, state=TrialState.RUNNING)  # no result yet
     trials.promotion(configs[1], 1, state=TrialState.FAIL)
     late_bracket = trials.config(0.8, **{RUNG_ATTR: 1})  # Hyperband's bracket 1: earned nothing
-    view = {t.number: t.value for t in scheduler.sampler_view(trials.all)}
+    view = {t.number: t.value for t in asha.sampler_view(trials.all)}
     expected = dict(zip(configs, (0.1, 0.2, 0.3, 0.4, 1.9, 2.93), strict=True))
     assert view == pytest.approx({**expected, running: None, late_bracket: 0.8})
     assert trials.all[configs[-1]].value == 0.6  # the study's own trials are left as they are
@@ -285,11 +285,11 @@ def test_tpe_behind_the_rung_sampler_samples_near_the_configurations_asha_promot
 
 def test_hyperband_brackets_get_configurations_in_hyperbands_proportions():
     ladder = Ladder((1, 3, 9), reduction_factor=3, brackets=3)
-    brackets = [scheduler.bracket_for(index, ladder) for index in range(17)]
+    brackets = [asha.bracket_for(index, ladder) for index in range(17)]
     # Brackets start at rung 0, 1 and 2: 9, 5 and 3 configurations of every 17, interleaved.
     assert [brackets.count(b) for b in range(3)] == [9, 5, 3]
     assert brackets[:3] == [0, 1, 0]
-    assert {scheduler.bracket_for(index, NINE) for index in range(10)} == {0}
+    assert {asha.bracket_for(index, NINE) for index in range(10)} == {0}
 
 
 def simulate(n_trials, ladder, quality, workers=1):
@@ -300,19 +300,19 @@ def simulate(n_trials, ladder, quality, workers=1):
     trained = {}  # config -> resource trained
     while True:
         trials = study.get_trials(deepcopy=False)
-        if scheduler.is_done(trials, n_trials, ladder):
+        if asha.is_done(trials, n_trials, ladder):
             assert not running
             return study, trained
-        promotion = scheduler.next_promotion(trials, ladder)
-        if len(running) < workers and (promotion or scheduler.may_start_configuration(trials, n_trials)):
+        promotion = asha.next_promotion(trials, ladder)
+        if len(running) < workers and (promotion or asha.may_start_configuration(trials, n_trials)):
             if promotion:
                 study.enqueue_trial(promotion.params, user_attrs=promotion.user_attrs)
             trial = study.ask()
             lr = trial.suggest_float("lr", 1e-4, 1.0, log=True)
             frozen = study.get_trials(deepcopy=False)[trial.number]
-            rung = scheduler.rung_of(frozen)
-            config = scheduler.config_of(frozen)
-            start, stop = ladder.segment(rung, first=not scheduler.is_promotion(frozen))
+            rung = asha.rung_of(frozen)
+            config = asha.config_of(frozen)
+            start, stop = ladder.segment(rung, first=not asha.is_promotion(frozen))
             assert trained.get(config, 0) == start  # resumed where it stopped: nothing twice
             trained[config] = stop
             running.append((trial.number, quality(lr) * (1 - 1 / (stop + 1))))
@@ -328,14 +328,14 @@ def test_a_simulated_study_promotes_the_best_and_trains_nothing_twice(workers):
 
     study, trained = simulate(27, NINE, quality, workers)
     trials = study.get_trials()
-    assert scheduler.configurations_done(trials) == 27
-    at_rung = {rung: sum(1 for t in trials if scheduler.rung_of(t) == rung) for rung in range(3)}
+    assert asha.configurations_done(trials) == 27
+    at_rung = {rung: sum(1 for t in trials if asha.rung_of(t) == rung) for rung in range(3)}
     assert at_rung[0] == 27 and 3 <= at_rung[1] <= 11 and 1 <= at_rung[2] <= at_rung[1] // 3 + 1
     best_config = max(
-        (t for t in trials if not scheduler.is_promotion(t)), key=lambda t: quality(t.params["lr"])
+        (t for t in trials if not asha.is_promotion(t)), key=lambda t: quality(t.params["lr"])
     )
     assert trained[best_config.number] == 9  # the best configuration reached the full budget
-    assert scheduler.config_of(scheduler.best_trial(trials)) == best_config.number
+    assert asha.config_of(asha.best_trial(trials)) == best_config.number
     assert sum(trained.values()) < 27 * 9 / 3  # a third of training every configuration fully
 
 
@@ -343,7 +343,7 @@ def test_a_promotion_asks_the_sampler_for_nothing():
     trials = Trials()
     configs = [trials.config(value / 10, lr=10 ** (-value / 2)) for value in range(1, 8)]
     trials.study.sampler = RungSampler(optuna.samplers.TPESampler(seed=3, n_startup_trials=3))
-    promotion = scheduler.next_promotion(trials.all, NINE)
+    promotion = asha.next_promotion(trials.all, NINE)
     assert promotion.config == configs[-1]
     trials.study.enqueue_trial(promotion.params, user_attrs=promotion.user_attrs)
     resumed = trials.study.ask()

@@ -8,7 +8,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
-from study.config import (
+from study.config.schema import (
     CONFIG_DIR,
     ConfigError,
     ParamSpec,
@@ -16,8 +16,8 @@ from study.config import (
     checked_sweep_config,
     describe_error,
 )
-from study.search_space import SearchSpace, as_override_value, as_overrides
-from study.worker import is_value_override, merge_overrides, sweep_composer
+from study.search.space import SearchSpace, as_override_value, as_overrides
+from study.execution.worker_loop import is_value_override, merge_overrides, sweep_composer
 from tests.conftest import compose_config
 
 

@@ -9,10 +9,10 @@ import keras
 import numpy as np
 import pytest
 
-from study import backend
-from study.config import checked_config
-from study.tracking import RunTracker
-from study.train import Segment, train
+from study.training import backend
+from study.config.schema import checked_config
+from study.tracking.runs import RunTracker
+from study.training.run import Segment, train
 from tests.test_train import client_for, history
 
 

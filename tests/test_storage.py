@@ -14,9 +14,9 @@ from omegaconf import OmegaConf
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from study.config import ConfigError
-from study.names import BASELINE_ATTR, MLFLOW_RUN_ATTR, WORKER_ATTR
-from study.storage import fail_ownerless_trials, has_no_live_owner, make_storage
+from study.config.schema import ConfigError
+from study.core.names import BASELINE_ATTR, MLFLOW_RUN_ATTR, WORKER_ATTR
+from study.execution.storage import fail_ownerless_trials, has_no_live_owner, make_storage
 
 STUDY_CFG = OmegaConf.create({"heartbeat_interval": 5, "max_retry": 1, "storage": ""})
 X = {"x": optuna.distributions.FloatDistribution(0, 1)}

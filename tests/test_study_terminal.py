@@ -18,7 +18,7 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from study.native_logs import NATIVE_LINE
+from study.core.native_logs import NATIVE_LINE
 from tests.conftest import TINY_VALIDATION
 
 NOISE = re.compile(r"cuda|cuInit|NodeDef|absl::InitializeLog|oneDNN", re.IGNORECASE)
@@ -29,7 +29,7 @@ PREDICT = """
 import sys
 import mlflow, numpy as np
 from omegaconf import OmegaConf
-from study.data import load_dataset
+from study.training.data import load_dataset
 uri, path, validation_size = sys.argv[1], sys.argv[2], int(sys.argv[3])
 model = mlflow.pyfunc.load_model(uri)
 cfg = {"name": "mnist", "path": path, "validation_size": validation_size, "max_train_samples": None}

@@ -18,11 +18,11 @@ from optuna.trial import TrialState
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from study import report, reproduce
-from study.config import ConfigError, checked_sweep_config
-from study.pruners import build_pruner
-from study.samplers import build_sampler
-from study.search_space import SearchSpace
-from study.sweep import StudyIncompleteError, run_sweep
+from study.config.schema import ConfigError, checked_sweep_config
+from study.search.pruners import build_pruner
+from study.search.samplers import build_sampler
+from study.search.space import SearchSpace
+from study.execution.driver import StudyIncompleteError, run_sweep
 from tests.conftest import compose_config
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from study.config import checked_config
-from study.tracking import mask_secrets
-from study.train import train
+from study.config.schema import checked_config
+from study.tracking.runs import mask_secrets
+from study.training.run import train
 
 
 @pytest.mark.parametrize(
@@ -48,9 +48,9 @@ def test_drivers_finishing_one_study_together_register_its_winner_once(tmp_path)
     import keras
     import numpy as np
 
-    from study.lineage import log_keras_model
-    from study.names import CHECKPOINT_TAG, MODEL_URI_TAG
-    from study.results import log_winner_model
+    from study.tracking.lineage import log_keras_model
+    from study.core.names import CHECKPOINT_TAG, MODEL_URI_TAG
+    from study.reporting.plots import log_winner_model
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
@@ -79,8 +79,8 @@ def test_drivers_finishing_one_study_together_register_its_winner_once(tmp_path)
 
 
 def test_one_winner_per_study_when_a_resumed_study_crowns_another_trial(tmp_path):
-    from study.names import BEST_RUN_TAG, WINNER_TAG
-    from study.results import crown
+    from study.core.names import BEST_RUN_TAG, WINNER_TAG
+    from study.reporting.plots import crown
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment_id = client.create_experiment("winners", artifact_location=(tmp_path / "artifacts").as_uri())

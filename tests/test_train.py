@@ -15,12 +15,12 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from study.callbacks import NonFiniteLossError
-from study.config import ConfigError, checked_config
-from study.data import IDX_FILES, load_dataset
-from study.native_logs import NATIVE_LINE
-from study.tracking import RunTracker, flatten
-from study.train import compile_model, train
+from study.training.callbacks import NonFiniteLossError
+from study.config.schema import ConfigError, checked_config
+from study.training.data import IDX_FILES, load_dataset
+from study.core.native_logs import NATIVE_LINE
+from study.tracking.runs import RunTracker, flatten
+from study.training.run import compile_model, train
 from tests.conftest import compose_config
 
 PER_EPOCH = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "epoch_seconds", "images_per_second")
@@ -256,7 +256,7 @@ def test_mixed_float16_scales_the_loss(make_config):
 
 ASYNC_CHECK = """
 import keras
-from study.callbacks import BestCheckpoint, EpochMetrics
+from study.training.callbacks import BestCheckpoint, EpochMetrics
 callbacks = [EpochMetrics(100, 10, sinks=[]), BestCheckpoint("best.keras")]
 print(keras.callbacks.CallbackList(callbacks)._async_train)
 """

@@ -24,13 +24,6 @@ def mask_secrets(text: str) -> str:
     return _QUERY_SECRET.sub(r"\1***", _URL_PASSWORD.sub(r"\1***\3", text))
 
 
-def error_line(error: BaseException) -> str:
-    """The first line of an exception's message, masked: for one-line error reports."""
-    text = getattr(error, "message", None) or str(error)
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    return mask_secrets(lines[0]) if lines else type(error).__name__
-
-
 def write_masked(path: Path, text: str) -> Path:
     path.write_text(mask_secrets(text))
     return path

@@ -1,4 +1,5 @@
-"""Config schemas, their registration in Hydra's ConfigStore, and value checks.
+"""Config schemas, their registration in Hydra's ConfigStore, and the value checks declared on
+their fields.
 
 The dataclasses are the single source of truth for which keys exist and what type each has.
 Every group option in `conf/` extends its schema (`defaults: [/schema/model/cnn@_here_]`),
@@ -13,29 +14,21 @@ Nothing here imports Keras, TensorFlow or MLflow: a bad value is reported in abo
 
 from __future__ import annotations
 
-import dataclasses
 import re
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import MISSING
 
-from study.masking import mask_secrets
+from study.config.probes import gpus_problem, storage_problem, tracking_uri_problem
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # Keras dtype policies
 CHECK = "check"  # the dataclass field metadata key of a value check
 MACHINE_CHECK = "machine_check"  # a check of this machine (its GPUs), made by the driver only
-
-
-class ConfigError(ValueError):
-    """Bad user input: a config key, a value or a data file. Its message is one line."""
 
 
 # --- value checks, declared on the schema fields ---------------------------------------------
@@ -411,263 +404,3 @@ def register_configs() -> None:
 
 
 register_configs()
-
-
-# --- checks ---------------------------------------------------------------------------------
-
-
-def checked_config(cfg: DictConfig) -> DictConfig:
-    """Return `cfg` typed by its schemas, resolved and read-only, or raise ConfigError."""
-    try:
-        plain = resolved_without_hydra(cfg)
-        for key in SWEEP_KEYS:  # a study's config trains like a plain run
-            plain.pop(key, None)
-        typed = OmegaConf.merge(OmegaConf.structured(TrainConfig), _typed_groups(plain, SCHEMAS))
-        OmegaConf.resolve(typed)  # schema defaults may interpolate, e.g. ${runs_dir}
-        OmegaConf.to_container(typed, throw_on_missing=True)
-    except OmegaConfBaseException as error:
-        raise ConfigError(describe_omegaconf_error(error)) from None
-    check_fields(typed)
-    OmegaConf.set_readonly(typed, True)
-    return typed
-
-
-def resolved_without_hydra(cfg: DictConfig) -> dict:
-    """The config as plain containers, resolved, without Hydra's own block.
-
-    The `hydra:` block of a replayed config.yaml is dropped unresolved: it interpolates
-    `${now:...}`, a resolver that exists only inside a running Hydra app.
-    """
-    plain = OmegaConf.to_container(cfg, resolve=False)
-    if not isinstance(plain, dict):
-        raise ConfigError(f"the config must be a mapping, got {type(plain).__name__}")
-    plain.pop("hydra", None)
-    return OmegaConf.to_container(OmegaConf.create(plain), resolve=True)
-
-
-def _typed_groups(plain: dict, schemas: dict[str, dict[str, type]]) -> dict:
-    typed = dict(plain)
-    for group, options in schemas.items():
-        node = plain.get(group)
-        if not isinstance(node, dict):
-            raise ConfigError(f"{group}: expected a config group with a 'name', got {node!r}")
-        name = node.get("name")
-        if name not in options:
-            raise ConfigError(f"{group}.name: expected one of {sorted(options)}, got {name!r}")
-        try:
-            typed[group] = OmegaConf.merge(OmegaConf.structured(options[name]), node)
-        except OmegaConfBaseException as error:
-            # The group node is merged on its own, so its keys lack the group prefix.
-            raise ConfigError(f"{group}.{describe_omegaconf_error(error)}") from None
-    return typed
-
-
-def checked_sweep_config(cfg: DictConfig) -> DictConfig:
-    """The study part of a sweep config (study, sampler, pruner, search space), typed and checked.
-
-    The train part is checked by `checked_config`; each trial's config is checked again.
-    """
-    try:
-        plain = resolved_without_hydra(cfg)
-        sweep_part = {key: plain.get(key) for key in SWEEP_KEYS}
-        typed = OmegaConf.merge(
-            OmegaConf.structured(SweepStudyPart), _typed_groups(sweep_part, SWEEP_SCHEMAS)
-        )
-        OmegaConf.to_container(typed, throw_on_missing=True)
-    except OmegaConfBaseException as error:
-        raise ConfigError(describe_omegaconf_error(error)) from None
-    check_fields(typed)
-    if typed.scheduler.name == "asha" and typed.pruner.name != "none":
-        raise ConfigError(
-            "pruner: expected none with scheduler=asha (the scheduler decides which trials go on; "
-            f"or pick scheduler=none to prune), got {typed.pruner.name!r}"
-        )
-    if not typed.search_space:
-        raise ConfigError("search_space: expected at least one entry, got an empty search space")
-    if typed.pruner.name == "threshold" and typed.pruner.lower is None and typed.pruner.upper is None:
-        raise ConfigError("pruner: threshold needs pruner.lower or pruner.upper, got neither")
-    OmegaConf.set_readonly(typed, True)
-    return typed
-
-
-def check_fields(node: DictConfig, prefix: str = "", key: str = CHECK) -> None:
-    """Apply the checks declared on the schema fields of `node` and of every node below it."""
-    schema = OmegaConf.get_type(node)
-    fields = dataclasses.fields(schema) if dataclasses.is_dataclass(schema) else ()
-    checks = {f.name: f.metadata[key] for f in fields if key in f.metadata}
-    for name in node:
-        value = node[name]
-        if isinstance(value, DictConfig):
-            check_fields(value, f"{prefix}{name}.", key)
-            continue
-        if name not in checks:
-            continue
-        plain = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
-        expected = checks[name].problem(plain)
-        if expected is not None:
-            raise ConfigError(mask_secrets(f"{prefix}{name}: expected {expected}, got {plain!r}"))
-
-
-def check_on_this_machine(settings: DictConfig) -> None:
-    """The checks of a sweep config that depend on the machine the driver runs on (its GPUs).
-
-    Not part of `checked_sweep_config`: a worker sees only its own GPU.
-    """
-    check_fields(settings, key=MACHINE_CHECK)
-
-
-# --- storage and tracking URLs, GPUs -------------------------------------------------------------
-
-# scheme: at the start of a value: a URL, never a file path (`sqlite:/x` is a broken URL).
-URL_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
-SQLITE_FILE = re.compile(r"sqlite:///(?P<database>[^?]+)(\?.*)?")
-DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mariadb", "mssql", "oracle")
-TRACKING_SCHEMES = ("file", "http", "https", "databricks", "databricks-uc", "uc")
-STORAGE_FORMS = (
-    "an Optuna storage URL (dialect://user@host:port/database, e.g. sqlite:///runs/optuna.db) "
-    "or a journal file path"
-)
-
-
-def storage_problem(storage: str) -> str | None:
-    """What is wrong with `study.storage`, found without connecting to it."""
-    if not URL_LIKE.match(storage):
-        return _file_problem(Path(storage), "a journal file path")
-    return _database_url_problem(storage, STORAGE_FORMS)
-
-
-def tracking_uri_problem(uri: str) -> str | None:
-    """What is wrong with `mlflow.tracking_uri`, found without connecting to it."""
-    if not URL_LIKE.match(uri):
-        return _folder_problem(Path(uri), "a folder for MLflow's file store")
-    scheme = uri.split(":", 1)[0].lower()
-    if scheme.split("+", 1)[0] in DATABASE_SCHEMES:
-        return _database_url_problem(uri, "a database URL MLflow can open")
-    if scheme == "file":
-        return _folder_problem(Path(urllib.parse.urlsplit(uri).path), "a folder for MLflow's file store")
-    if scheme in ("http", "https"):
-        try:
-            parts = urllib.parse.urlsplit(uri)
-            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-        except ValueError as error:
-            return f"an {scheme} URL with a numeric port ({error})"
-        return None if parts.hostname else f"an {scheme} URL with a host name"
-    if scheme in TRACKING_SCHEMES or scheme in _tracking_plugin_schemes():
-        return None
-    return (
-        "a tracking URI MLflow knows (a folder, file:, sqlite:, postgresql:, mysql:, mssql:, http:, https:, "
-        f"databricks:), not scheme '{scheme}'"
-    )
-
-
-def _tracking_plugin_schemes() -> set[str]:
-    from importlib.metadata import entry_points
-
-    return {entry.name for entry in entry_points(group="mlflow.tracking_store")}
-
-
-def _database_url_problem(url: str, forms: str) -> str | None:
-    sqlite = SQLITE_FILE.fullmatch(url)
-    if sqlite:  # the default: no need to start SQLAlchemy for it
-        return _sqlite_problem(sqlite["database"])
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        return f"{forms}; SQLAlchemy cannot parse this URL"
-    except ValueError as error:  # a port that is not a number
-        return f"{forms} with a numeric port ({error})"
-    try:
-        dialect = parsed.get_dialect()
-    except NoSuchModuleError:
-        return f"{forms}; SQLAlchemy has no database dialect '{parsed.drivername}'"
-    try:
-        dialect.import_dbapi()
-    except ImportError as error:
-        return f"{forms} whose driver is installed ({parsed.drivername}: {error})"
-    if parsed.get_backend_name() == "sqlite":
-        return _sqlite_problem(parsed.database)
-    return None
-
-
-def _sqlite_problem(database: str | None) -> str | None:
-    if not database or database == ":memory:":
-        return "a SQLite database file (sqlite:///path/to/file.db), not an in-memory database"
-    return _file_problem(Path(database), "a SQLite database file")
-
-
-def _file_problem(path: Path, what: str) -> str | None:
-    if path.is_dir():
-        return f"{what}, but {path} is a folder"
-    return _folder_problem(path.parent, f"{what} in a folder")
-
-
-def _folder_problem(path: Path, what: str) -> str | None:
-    """A folder that exists or can be made: the nearest existing ancestor must be a folder."""
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():
-        return f"{what}, but {existing} is a file"
-    return None
-
-
-def gpus_problem(gpus: list[int]) -> str | None:
-    if not gpus:
-        return None
-    from study.backend import visible_gpus
-
-    visible, source = visible_gpus()
-    if all(gpu in visible for gpu in gpus):
-        return None
-    if not visible:
-        return f"no GPUs: this machine has none visible ({source})"
-    return f"indices of this machine's GPUs ({', '.join(map(str, visible))}; {source})"
-
-
-def describe_omegaconf_error(error: OmegaConfBaseException) -> str:
-    """One line naming the key, from OmegaConf's multi-line message."""
-    message = (getattr(error, "msg", None) or str(error)).strip().splitlines()[0]
-    key = getattr(error, "full_key", None)
-    return f"{key}: {message}" if key else message
-
-
-def describe_error(error: BaseException) -> str:
-    """One line for an error of user input raised by Hydra, OmegaConf or this package."""
-    if isinstance(error, yaml.YAMLError):
-        return describe_yaml_error(error)
-    cause = error.__cause__
-    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
-        return describe_omegaconf_error(cause)
-    if isinstance(error, OmegaConfBaseException):
-        return describe_omegaconf_error(error)
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if not lines:
-        return type(error).__name__
-    full_key = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), None)
-    if full_key and len(lines) > 1:
-        # Hydra: "In 'group/option': ConfigKeyError raised while composing config:", then
-        # OmegaConf's message and the key it names.
-        detail = lines[1] if lines[0].endswith("while composing config:") else lines[0]
-        return f"{full_key}: {detail}"
-    if "Available options in" in str(error):
-        # Hydra lists a group's options one per line; keep them, drop the search path dump.
-        start = next(i for i, line in enumerate(lines) if line.startswith("Available options"))
-        options = []
-        for line in lines[start + 1 :]:
-            if line.startswith("Config search path"):
-                break
-            options.append(line)
-        return f"{lines[0]}; available: {', '.join(options)}"
-    return lines[0]
-
-
-def describe_yaml_error(error: yaml.YAMLError) -> str:
-    """One line for a YAML syntax error: the file, where, and what the parser expected."""
-    mark = getattr(error, "problem_mark", None)
-    problem = getattr(error, "problem", None) or str(error).strip().splitlines()[0]
-    if mark is None:
-        return f"not valid YAML: {problem}"
-    return f"{mark.name}: not valid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"

@@ -20,12 +20,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import optuna
-from mlflow import MlflowClient
 from omegaconf import DictConfig
 from optuna.trial import TrialState
 
-from study.names import NOTE_TAG, STATE_TAG
-from study.tracking import RunTracker, short_error
+from study.core.names import NOTE_TAG, STATE_TAG
+from study.tracking.runs import RunTracker
 
 INTERRUPTS = (KeyboardInterrupt, SystemExit)
 
@@ -76,16 +75,3 @@ class TrialRun:
             self.tracker.set_tags({STATE_TAG: state.name})
         finally:
             self.tracker.end(status, error)
-
-
-def end_abandoned_run(client: MlflowClient, run_id: str, state: TrialState, reason: str) -> bool:
-    """End the run of a trial whose worker is gone, unless it already ended; True if it did."""
-    if client.get_run(run_id).info.status not in ("RUNNING", "SCHEDULED"):
-        return False
-    tracker = RunTracker(client, run_id)
-    tracker.set_tags({STATE_TAG: state.name})
-    tracker.end("KILLED", reason)
-    return True
-
-
-__all__ = ["TrialRun", "end_abandoned_run", "short_error"]

@@ -16,30 +16,26 @@ from typing import Any
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from study.scheduler import RUNG_ATTR, best_trial, rung_of, was_needed
-from study.storage import FAIL_REASON_ATTR, MLFLOW_RUN_ATTR, trial_score
+from study.core.names import BASELINE_ATTR, FAIL_REASON_ATTR, METRIC, MLFLOW_RUN_ATTR, RUNG_ATTR, TEST_METRIC
+from study.core.names import DURATION_COLUMN as DURATION
+from study.core.names import EPOCHS_COLUMN as EPOCHS
+from study.core.names import ERROR_COLUMN as ERROR
+from study.core.names import ROLE_COLUMN as ROLE
+from study.core.names import RUN_ID_COLUMN as RUN_ID
+from study.core.names import RUN_NAME_COLUMN as RUN_NAME
+from study.core.names import RUNG_COLUMN as RUNG
+from study.core.names import STATE_COLUMN as STATE
+from study.core.names import STUDY_COLUMN as STUDY
+from study.core.names import TRIAL_COLUMN as TRIAL
+from study.search.asha import rung_of, was_needed
+from study.search.ranking import STATE_ORDER, best_trial, trial_score
 
-# Column names, shared by every table (and by the terminal summary).
-STUDY = "study"
-TRIAL = "trial"
-RUN_NAME = "run_name"
-STATE = "state"
-RUNG = "rung"  # scheduler=asha: the rung a trial trained up to; the highest ranks first
-METRIC = "val_accuracy"  # what a study maximizes: the best validation accuracy of a run
-TEST_METRIC = "test_accuracy"
-EPOCHS = "epochs"
-DURATION = "duration_s"
-ROLE = "role"
-ERROR = "error"
-RUN_ID = "run_id"
 LEADING = [STUDY, TRIAL, RUN_NAME, STATE, RUNG, METRIC, TEST_METRIC, EPOCHS, DURATION, ROLE]
 TRAILING = [ERROR, RUN_ID]
 ALWAYS = {TRIAL, STATE, RUN_ID}  # kept even when empty: a table of nothing still says what it lists
 
-BASELINE_ATTR = "baseline"  # trial user attribute of the enqueued base-config trial
 WINNER, BASELINE = "winner", "baseline"
 ERROR_LENGTH = 80
-ORDER = {"COMPLETE": 0, "FINISHED": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "KILLED": 4}
 
 
 def space_targets(space: Mapping[str, Any]) -> dict[str, str]:
@@ -48,7 +44,7 @@ def space_targets(space: Mapping[str, Any]) -> dict[str, str]:
     return {name: (spec.get("target") or name) for name, spec in space.items()}
 
 
-def short_error(trial: FrozenTrial) -> str:
+def trial_error(trial: FrozenTrial) -> str:
     """Why a failed trial failed, in a few words (the MLflow run has the rest)."""
     if trial.state != TrialState.FAIL:
         return ""
@@ -81,7 +77,7 @@ def trial_row(
         DURATION: duration,
         ROLE: ", ".join(roles),
         **trial_config(trial, targets),
-        ERROR: short_error(trial),
+        ERROR: trial_error(trial),
         RUN_ID: trial.user_attrs.get(MLFLOW_RUN_ATTR, ""),
     }
 
@@ -111,7 +107,7 @@ def leaderboard(rows: list[dict[str, Any]], config_keys: list[str]) -> pd.DataFr
     table = pd.DataFrame(rows, columns=columns)
     if table.empty:
         return table
-    table["_order"] = table[STATE].map(lambda state: ORDER.get(state, 5))
+    table["_order"] = table[STATE].map(lambda state: STATE_ORDER.get(state, len(STATE_ORDER)))
     rungs = [RUNG] if RUNG in table and table[RUNG].notna().any() else []  # asha: highest rung first
     by = ["_order", *rungs, METRIC] + ([TRIAL] if TRIAL in table else [])
     ascending = [True, *[False] * len(rungs), False, True][: len(by)]

@@ -6,8 +6,11 @@ as system metrics. The MLflow UI shows them in its Dataset, Models and System me
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.metadata
 import logging
 import os
+import platform
 import types
 import warnings
 from collections.abc import Iterator, Mapping
@@ -24,7 +27,7 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.types import Schema, TensorSpec
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-from study.data import Dataset
+from study.training.data import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +111,7 @@ def log_keras_model(
     Loadable with `mlflow.pyfunc.load_model` and servable with `mlflow models serve`."""
     import keras
 
-    from study.backend import package_versions
+    from study.tracking.lineage import package_versions
 
     example = images[:INPUT_EXAMPLE_SIZE]
     signature = mlflow.models.infer_signature(example, model.predict(example, verbose=0))
@@ -193,3 +196,27 @@ def system_metrics(tracking_uri: str, run_id: str, interval: float | None) -> It
                 monitor.mlflow_logger.flush()
             except Exception as error:
                 log.warning("system metrics not logged: %s", error)
+
+
+VERSIONED_PACKAGES = ("keras", "tensorflow", "jax", "jaxlib", "numpy", "mlflow", "optuna", "hydra-core")
+
+
+def package_versions() -> dict[str, str]:
+    return dict(_installed_versions())  # a copy: callers may change theirs
+
+
+@functools.cache  # installed versions do not change while a worker runs its trials
+def _installed_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "study": _version("study")}
+    for package in VERSIONED_PACKAGES:
+        version = _version(package)
+        if version:
+            versions[package] = version
+    return versions
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return ""

@@ -31,11 +31,9 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from study.config import ConfigError
-from study.names import NOT_NEEDED_ATTR
+from study.core.errors import ConfigError
+from study.core.names import CONFIG_ATTR, NOT_NEEDED_ATTR, RUNG_ATTR
 
-CONFIG_ATTR = "config"  # a promotion's configuration: the number of its first trial
-RUNG_ATTR = "rung"  # the rung a trial trains up to
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 ACTIVE_STATES = (TrialState.WAITING, TrialState.RUNNING)
 UNITS = ("epochs", "steps")
@@ -143,14 +141,19 @@ def ladder_for(settings: Any, base: Any) -> Ladder | None:
     scheduler_cfg = settings.scheduler
     first_rung_from_epoch = scheduler_cfg.resource_unit == "steps" and scheduler_cfg.min_resource == "auto"
     if first_rung_from_epoch or (scheduler_cfg.max_resource is None and base.trainer.max_steps is None):
-        from study.data import load_dataset  # cached per process; the driver and workers load it anyway
+        from study.training.data import (
+            load_dataset,  # cached per process; the driver and workers load it anyway
+        )
 
         examples = len(load_dataset(base.data, base.trainer.seed).x_train)
     return build_ladder(scheduler_cfg, base.trainer, examples)
 
 
-def surplus_configuration(trial: FrozenTrial, trials: Iterable[FrozenTrial], n_trials: int) -> str | None:
-    """Why a new configuration is not needed (n_trials done or started before it), or None."""
+def surplus_configuration(
+    trial: FrozenTrial, trials: Iterable[FrozenTrial], n_trials: int, what: str = "configurations"
+) -> str | None:
+    """Why a new configuration is not needed (n_trials done or started before it), or None;
+    `what` names configurations in the reason ("trials" where each trial is one)."""
     if is_promotion(trial):
         return None
     done, earlier = 0, 0
@@ -160,7 +163,7 @@ def surplus_configuration(trial: FrozenTrial, trials: Iterable[FrozenTrial], n_t
         elif other.state == TrialState.RUNNING and other.number < trial.number:
             earlier += 1
     if done + earlier >= n_trials:
-        return f"{done} configurations done and {earlier} running reach study.n_trials"
+        return f"{done} {what} done and {earlier} running reach study.n_trials"
     return None
 
 
@@ -252,13 +255,12 @@ def promotions_in_flight(trials: Iterable[FrozenTrial]) -> int:
     return sum(1 for t in trials if is_promotion(t) and t.state in ACTIVE_STATES and was_needed(t))
 
 
-def is_done(trials: Sequence[FrozenTrial], n_trials: int, ladder: Ladder) -> bool:
-    """n_trials configurations finished their first segment; no promotion due, waiting or running."""
-    return (
-        configurations_done(trials) >= n_trials
-        and promotions_in_flight(trials) == 0
-        and next_promotion(trials, ladder) is None
-    )
+def is_done(trials: Sequence[FrozenTrial], n_trials: int, ladder: Ladder | None) -> bool:
+    """n_trials configurations finished their first segment; no promotion due, waiting or running.
+    Without a ladder (no scheduler) every trial is a configuration of one segment."""
+    if configurations_done(trials) < n_trials:
+        return False
+    return ladder is None or (promotions_in_flight(trials) == 0 and next_promotion(trials, ladder) is None)
 
 
 def may_start_configuration(trials: Iterable[FrozenTrial], n_trials: int) -> bool:
@@ -321,19 +323,6 @@ def first_rung(trial: FrozenTrial, trials: Iterable[FrozenTrial], ladder: Ladder
 
 
 # --- ranking ------------------------------------------------------------------------------------
-
-
-def rank_key(trial: FrozenTrial) -> tuple[int, float]:
-    """Leaderboard order, best first when sorted descending: the rung reached, then the value."""
-    return rung_of(trial), trial.value if trial.value is not None else -math.inf
-
-
-def best_trial(trials: Iterable[FrozenTrial]) -> FrozenTrial | None:
-    """The winner: the complete trial of the highest rung with the best value (earliest on ties)."""
-    complete = [trial for trial in trials if trial.state == TrialState.COMPLETE and trial.value is not None]
-    if not complete:
-        return None
-    return max(complete, key=lambda trial: (*rank_key(trial), -trial.number))
 
 
 def sampler_view(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:

@@ -16,8 +16,8 @@ import yaml
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from study.config import ConfigError, describe_error
-from study.masking import mask_console, mask_files, mask_log_records, mask_secrets
+from study.core.errors import ConfigError, describe_error
+from study.core.masking import mask_console, mask_files, mask_log_records, mask_secrets
 
 INPUT_ERRORS = (ConfigError, HydraException, OmegaConfBaseException, yaml.YAMLError)
 

@@ -11,21 +11,21 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from study.config import SCHEMAS, ConfigError, checked_config, describe_error
+from study.config.checks import checked_config
+from study.config.compose import Composer
+from study.config.schema import SCHEMAS
+from study.core.errors import ConfigError, describe_error
 
 GROUPS = tuple(SCHEMAS)  # data, model, optimizer: entries with these names pick an option
 TYPES = ("categorical", "float", "int")
 _NOT_FOUND = object()
-
-# compose(overrides) -> composed config; raises on a bad override.
-Composer = Callable[[list[str]], DictConfig]
 
 
 @dataclass(frozen=True)

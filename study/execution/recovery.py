@@ -1,7 +1,4 @@
-"""Optuna storage for a study, and what happens to trials whose worker is gone.
-
-`study.storage` is an Optuna storage URL (SQLite, PostgreSQL, MySQL: an RDB storage with
-heartbeats) or a journal file path (for shared file systems; no heartbeat).
+"""What happens to trials whose worker is gone, and to their MLflow runs.
 
 A trial is safe from the moment it exists. A RUNNING trial with no live owner is failed and
 retried with the same parameters and user attributes (the enqueued baseline stays the
@@ -12,7 +9,9 @@ between trials. "No live owner" is any of:
   and that process is gone;
 - it has no worker recorded and started more than a grace period ago: its process died
   between `study.ask()` and the first thing the objective does.
-The storage decides atomically which process fails a trial, so a trial is retried once.
+The storage decides atomically which process fails a trial, so a trial is retried once. The
+dead attempt's MLflow run is ended KILLED with `optuna.trial.state=FAIL`; a run left RUNNING
+by a worker that died before recording it is found by its tags and ended too.
 """
 
 from __future__ import annotations
@@ -22,132 +21,30 @@ import logging
 import os
 import socket
 import time
-import warnings
-from pathlib import Path
 
 import optuna
-import sqlalchemy
 from mlflow import MlflowClient
 from omegaconf import DictConfig
 from optuna.storages import RetryHeartbeatStaleTrialCallback
-from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from study.budget import TrialCounts
-from study.budget import count_trials as _count
-from study.config import ConfigError
-from study.names import (
+from study.core.names import (
     ATTEMPT_ATTRS,
     FAIL_REASON_ATTR,
     MLFLOW_RUN_ATTR,
-    NOT_NEEDED_ATTR,
     PARENT_RUN_ATTR,
-    RETRY_OF_ATTR,
+    STATE_TAG,
     TRIAL_NUMBER_TAG,
     WORKER_ATTR,
 )
-from study.tracking import mask_secrets
-from study.trial_run import end_abandoned_run
-
-# Heartbeats, retries and TPE's `group` are marked experimental by Optuna; they are what we want.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+from study.tracking.runs import RunTracker
 
 log = logging.getLogger(__name__)
-
-SQLITE_LOCK_TIMEOUT_SECONDS = 60  # several workers write to one SQLite file
-POSTGRES_CONNECT_TIMEOUT_SECONDS = 15
-SCHEMA_RACE_DELAYS = (0.5, 1.0, 2.0)  # seconds between looks at a schema being created
-SQLITE_HEADER = b"SQLite format 3\x00"
-# An empty file this young is being made by another driver that starts the same study.
-FRESH_FILE_SECONDS = 10
-__all__ = [
-    "FAIL_REASON_ATTR",
-    "MLFLOW_RUN_ATTR",
-    "NOT_NEEDED_ATTR",
-    "RETRY_OF_ATTR",
-    "WORKER_ATTR",
-    "TrialCounts",
-]
-
-
-def make_storage(study_cfg: DictConfig, tracking_uri: str) -> optuna.storages.BaseStorage:
-    url = study_cfg.storage
-    retry = RetryWithSameParams(tracking_uri, study_cfg.max_retry)
-    if "://" not in url:
-        check_existing_file(Path(url), "an Optuna journal file", _journal_header_ok)
-        Path(url).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            return JournalStorage(JournalFileBackend(url))
-        except Exception as error:
-            raise ConfigError(describe_storage_error(error, url)) from None
-    engine_kwargs = {}
-    if url.startswith("sqlite:"):
-        database = url.removeprefix("sqlite:///")
-        if database and database != ":memory:":
-            check_existing_file(Path(database), "an Optuna SQLite database", _sqlite_header_ok)
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine_kwargs = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_SECONDS}}
-    elif url.startswith("postgresql"):
-        # A host that drops packets answers in seconds, not after the system's TCP time-out.
-        engine_kwargs = {"connect_args": {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS}}
-    try:
-        return rdb_storage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=study_cfg.heartbeat_interval,
-            grace_period=grace_period(study_cfg),
-            heartbeat_stale_trial_callback=retry,
-        )
-    except Exception as error:  # unreachable server, truncated file, wrong password, ...
-        raise ConfigError(describe_storage_error(error, url)) from None
-
-
-def rdb_storage(url: str, **kwargs) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage. Drivers on several machines starting on a new database all create
-    Optuna's tables; PostgreSQL lets one CREATE TABLE win and fails the others: look again."""
-    for delay in SCHEMA_RACE_DELAYS:
-        try:
-            return optuna.storages.RDBStorage(url, **kwargs)
-        except sqlalchemy.exc.IntegrityError:
-            time.sleep(delay)
-    return optuna.storages.RDBStorage(url, **kwargs)
 
 
 def grace_period(study_cfg: DictConfig) -> float:
     """Seconds after which a silent trial has no live owner."""
     return 2 * study_cfg.heartbeat_interval
-
-
-def check_existing_file(path: Path, kind: str, header_ok) -> None:
-    """An existing study file must be what it claims: never silently replaced by a new study."""
-    if not path.exists():
-        return
-    if path.is_dir():
-        raise ConfigError(f"study.storage: {path} is a folder; expected {kind}")
-    size = path.stat().st_size
-    if size == 0 and time.time() - path.stat().st_mtime > FRESH_FILE_SECONDS:
-        raise ConfigError(
-            f"study.storage: {path} is empty (0 bytes), not {kind}; it may be damaged: "
-            "restore it, or move it away to start a new study"
-        )
-    with path.open("rb") as file:
-        head = file.read(len(SQLITE_HEADER))
-    if size and not header_ok(head):
-        raise ConfigError(f"study.storage: {path} is not {kind} (damaged or another kind of file)")
-
-
-def _sqlite_header_ok(head: bytes) -> bool:
-    return head == SQLITE_HEADER
-
-
-def _journal_header_ok(head: bytes) -> bool:
-    return head.startswith(b"{")  # Optuna's journal: one JSON object per line
-
-
-def describe_storage_error(error: Exception, url: str) -> str:
-    """One line for a storage that cannot be opened (unreachable, refused, truncated, garbage)."""
-    first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
-    return mask_secrets(f"study.storage: {url}: cannot be opened as an Optuna study store ({first.strip()})")
 
 
 class RetryWithSameParams:
@@ -274,13 +171,44 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def count_trials(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> TrialCounts:
-    """Trials by state; pass `trials` when they were just fetched, to save a query."""
-    return _count(study.get_trials(deepcopy=False) if trials is None else trials)
+def end_abandoned_run(client: MlflowClient, run_id: str, state: TrialState, reason: str) -> bool:
+    """End the run of a trial whose worker is gone, unless it already ended; True if it did."""
+    if client.get_run(run_id).info.status not in ("RUNNING", "SCHEDULED"):
+        return False
+    tracker = RunTracker(client, run_id)
+    tracker.set_tags({STATE_TAG: state.name})
+    tracker.end("KILLED", reason)
+    return True
 
 
-def trial_score(trial: FrozenTrial) -> float | None:
-    """The trial's validation accuracy: its value, or for a pruned trial its best epoch."""
-    if trial.value is not None:
-        return trial.value
-    return max(trial.intermediate_values.values(), default=None)
+def end_orphaned_runs(study: optuna.Study, parent: RunTracker) -> int:
+    """End every child run still RUNNING whose trial is not: a worker died between starting
+    the run and recording it on the trial, or could not end it (store unreachable)."""
+    client = parent.client
+    states = {str(trial.number): trial.state for trial in study.get_trials(deepcopy=False)}
+    experiment_id = client.get_run(parent.run_id).info.experiment_id
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.run_id}' and attributes.status = 'RUNNING'",
+    )
+    ended = 0
+    for run in runs:
+        state = states.get(run.data.tags.get(TRIAL_NUMBER_TAG, ""), TrialState.FAIL)
+        if state != TrialState.RUNNING:
+            final = state if state.is_finished() else TrialState.FAIL
+            ended += end_abandoned_run(client, run.info.run_id, final, "its worker is gone")
+    return ended
+
+
+def fail_interrupted_trial(study: optuna.Study, trial: optuna.Trial | None, settings, base) -> None:
+    """The trial this worker was running when told to stop: failed and retried at once (its
+    run already ended KILLED), so the next session runs it again."""
+    if trial is None:
+        return
+    frozen = study._storage.get_trial(trial._trial_id)
+    tracking_uri = base.mlflow.tracking_uri
+    if frozen.state == TrialState.RUNNING:
+        fail_and_retry(study, frozen, "interrupted (Ctrl-C or SIGTERM)", settings.study, tracking_uri)
+    elif frozen.state == TrialState.FAIL and FAIL_REASON_ATTR not in frozen.user_attrs:
+        # Optuna failed it when the interrupt came between its own lines: retry it all the same.
+        RetryWithSameParams(tracking_uri, settings.study.max_retry)(study, frozen)

@@ -8,22 +8,12 @@ by the functions that need it: versions and GPU indices are known without starti
 
 from __future__ import annotations
 
-import functools
-import importlib.metadata
 import math
-import os
 import platform
-import re
-import subprocess
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import numpy as np
-
-NVIDIA_PROC_DIR = Path("/proc/driver/nvidia/gpus")  # one entry per GPU the driver sees
-
-VERSIONED_PACKAGES = ("keras", "tensorflow", "jax", "jaxlib", "numpy", "mlflow", "optuna", "hydra-core")
 
 
 def seed_everything(seed: int) -> None:
@@ -110,58 +100,3 @@ def device_name() -> str:
         if device.platform != "cpu":
             return f"{device.platform.upper()}: {device.device_kind}"
     return f"CPU: {platform.processor() or platform.machine()}"
-
-
-def package_versions() -> dict[str, str]:
-    return dict(_installed_versions())  # a copy: callers may change theirs
-
-
-@functools.cache  # installed versions do not change while a worker runs its trials
-def _installed_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version(), "study": _version("study")}
-    for package in VERSIONED_PACKAGES:
-        version = _version(package)
-        if version:
-            versions[package] = version
-    return versions
-
-
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return ""
-
-
-def visible_gpus() -> tuple[list[int], str]:
-    """Indices of the NVIDIA GPUs this process may use, and where they were found.
-
-    Found without starting a backend: `nvidia-smi -L`, else the driver's /proc entries. When
-    CUDA_VISIBLE_DEVICES is set, only the GPUs it lists (by index or UUID) are visible.
-    """
-    gpus, source = _machine_gpus()
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if listed is None:
-        return sorted(gpus), source
-    visible = []
-    for entry in (part.strip() for part in listed.split(",")):
-        by_uuid = (index for index, uuid in gpus.items() if uuid and uuid == entry)
-        index = int(entry) if entry.isdigit() else next(by_uuid, None)
-        if index is None or index not in gpus:
-            break  # CUDA ignores the entries after the first invalid one
-        visible.append(index)
-    return visible, f"{source}, CUDA_VISIBLE_DEVICES={listed!r}"
-
-
-def _machine_gpus() -> tuple[dict[int, str], str]:
-    """{index: UUID} of the machine's NVIDIA GPUs."""
-    try:
-        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        listed = None
-    if listed is not None and listed.returncode == 0:
-        found = re.finditer(r"^GPU (\d+):.*?(?:\(UUID: (\S+)\))?$", listed.stdout, re.MULTILINE)
-        return {int(match[1]): match[2] or "" for match in found}, "nvidia-smi -L"
-    if NVIDIA_PROC_DIR.is_dir():
-        return {index: "" for index in range(len(list(NVIDIA_PROC_DIR.iterdir())))}, str(NVIDIA_PROC_DIR)
-    return {}, "no nvidia-smi and no NVIDIA driver found"

@@ -13,9 +13,9 @@ from omegaconf import DictConfig
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from study.config import ConfigError
-from study.scheduler import is_promotion, sampler_view
-from study.search_space import SearchSpace
+from study.core.errors import ConfigError
+from study.search.asha import is_promotion, sampler_view
+from study.search.space import SearchSpace
 
 
 def _seed(cfg: DictConfig, offset: int) -> int | None:

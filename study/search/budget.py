@@ -8,7 +8,7 @@ longer needed it.
 
 With scheduler=asha (`ladder` given), study.n_trials counts configurations, not trials: the
 study is done when that many finished their first segment and no promotion is due, waiting or
-running (study/scheduler.py), and a worker may start a trial while a promotion is due, a trial
+running (study/asha.py), and a worker may start a trial while a promotion is due, a trial
 waits, or configurations are missing.
 """
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
-from study import scheduler
+from study.search import asha
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class Verdict:
     stop: str | None  # DONE, TOO_MANY_FAILURES, TIMEOUT or None
     configurations_done: int | None = None  # asha: configurations that finished their first segment
     work_left: bool | None = None  # asha: a promotion is due, a trial waits, configurations are missing
-    promotion: scheduler.Promotion | None = None  # asha: the promotion due now
+    promotion: asha.Promotion | None = None  # asha: the promotion due now
 
     @property
     def done(self) -> int:
@@ -92,42 +92,66 @@ def failed_in_session(trials: list[FrozenTrial], session_start: float) -> int:
         1
         for trial in trials
         if trial.state == TrialState.FAIL
-        and scheduler.was_needed(trial)
+        and asha.was_needed(trial)
         and trial.datetime_start is not None
         and trial.datetime_start.timestamp() >= session_start
     )
 
 
-def judge(
-    trials: list[FrozenTrial],
-    settings: DictConfig,
-    session_start: float,
-    deadline: float | None,
-    now: float | None = None,
-    ladder: scheduler.Ladder | None = None,
-) -> Verdict:
-    """Where the study and this session stand, from one fetch of the trials."""
-    now = time.time() if now is None else now
-    counts = count_trials(trials)
-    n_trials = settings.study.n_trials
-    limit = settings.study.max_failed_trials
-    max_failed = n_trials if limit is None else limit
-    failed = failed_in_session(trials, session_start)
-    asha: dict = {}
-    if ladder is not None:
-        promotion = scheduler.next_promotion(trials, ladder)
-        missing = scheduler.may_start_configuration(trials, n_trials)
-        asha = {
-            "configurations_done": scheduler.configurations_done(trials),
-            "work_left": promotion is not None or counts.waiting > 0 or missing,
-            "promotion": promotion,
-        }
-    finished = scheduler.is_done(trials, n_trials, ladder) if ladder is not None else counts.done >= n_trials
-    stop = None
-    if finished:
-        stop = DONE
-    elif failed >= max_failed:
-        stop = TOO_MANY_FAILURES
-    elif deadline is not None and now >= deadline:
-        stop = TIMEOUT
-    return Verdict(counts, n_trials, failed, max_failed, stop, **asha)
+@dataclass(frozen=True)
+class Budget:
+    """The study's budget as one process sees it, built once: whether the study is done, whether
+    this process may start a trial, and whether a trial it just started is needed."""
+
+    n_trials: int
+    max_failed: int
+    session_start: float  # time.time() when the session began: failures count from it
+    deadline: float | None = None  # time.time() after which no new trial starts
+    ladder: asha.Ladder | None = None  # scheduler=asha: its rungs
+
+    @classmethod
+    def of(
+        cls,
+        settings: DictConfig,
+        session_start: float,
+        deadline: float | None,
+        ladder: asha.Ladder | None = None,
+    ) -> Budget:
+        limit = settings.study.max_failed_trials
+        n_trials = settings.study.n_trials
+        return cls(n_trials, n_trials if limit is None else limit, session_start, deadline, ladder)
+
+    def judge(self, trials: list[FrozenTrial], now: float | None = None) -> Verdict:
+        """Where the study and this session stand, from one fetch of the trials."""
+        now = time.time() if now is None else now
+        counts = count_trials(trials)
+        failed = failed_in_session(trials, self.session_start)
+        asha_state: dict = {}
+        if self.ladder is not None:
+            promotion = asha.next_promotion(trials, self.ladder)
+            missing = asha.may_start_configuration(trials, self.n_trials)
+            asha_state = {
+                "configurations_done": asha.configurations_done(trials),
+                "work_left": promotion is not None or counts.waiting > 0 or missing,
+                "promotion": promotion,
+            }
+        stop = None
+        if asha.is_done(trials, self.n_trials, self.ladder):
+            stop = DONE
+        elif failed >= self.max_failed:
+            stop = TOO_MANY_FAILURES
+        elif self.deadline is not None and now >= self.deadline:
+            stop = TIMEOUT
+        return Verdict(counts, self.n_trials, failed, self.max_failed, stop, **asha_state)
+
+    def surplus(self, trial: FrozenTrial, trials: list[FrozenTrial]) -> str | None:
+        """Why `trial` is not needed, or None. Workers race for the last places: a configuration
+        beyond n_trials (done or started before it) is not needed, and with scheduler=asha
+        neither is a promotion another trial already does. A study without ASHA is ASHA with one
+        rung: each trial is a configuration of its own."""
+        if self.ladder is not None:
+            duplicate = asha.duplicate_of(trial, trials)
+            if duplicate is not None:
+                return f"trial {duplicate.number} does the same promotion"
+        what = "configurations" if self.ladder is not None else "trials"
+        return asha.surplus_configuration(trial, trials, self.n_trials, what)

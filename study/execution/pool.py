@@ -23,7 +23,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from study.worker import WorkerSpec
+from study.execution.spec import WorkerSpec
 
 log = logging.getLogger("study.sweep")
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from study.config import ConfigError
+from study.core.errors import ConfigError
 
 # Standard IDX file names of the MNIST family, as published.
 IDX_FILES = {

@@ -14,10 +14,11 @@ from pathlib import Path
 import optuna
 from omegaconf import DictConfig
 from optuna.storages import RetryHeartbeatStaleTrialCallback
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
-from study import scheduler
-from study.names import (
+from study.config.compose import Composer
+from study.core.errors import short_error
+from study.core.names import (
     CONFIG_TAG,
     FAIL_REASON_ATTR,
     MLFLOW_RUN_ATTR,
@@ -29,11 +30,12 @@ from study.names import (
     TRIAL_NUMBER_TAG,
     WORKER_ATTR,
 )
-from study.search_space import Composer, SearchSpace, as_overrides
-from study.signals import WorkerSignals
-from study.storage import worker_identity
-from study.tracking import short_error
-from study.trial_run import TrialRun
+from study.execution.recovery import worker_identity
+from study.execution.signals import WorkerSignals
+from study.execution.trial_run import TrialRun
+from study.search import asha
+from study.search.budget import Budget
+from study.search.space import SearchSpace, as_overrides
 
 log = logging.getLogger("study.worker")
 
@@ -58,8 +60,8 @@ class TrialObjective:
         space: SearchSpace,
         parent_run_id: str,
         study_dir: Path,
+        budget: Budget,
         signals: WorkerSignals | None = None,
-        ladder: scheduler.Ladder | None = None,
     ):
         self.base = base  # the checked train part of the sweep config
         self.settings = settings  # the checked study part
@@ -69,7 +71,8 @@ class TrialObjective:
         self.study_dir = study_dir
         self.signals = signals or WorkerSignals()
         self.current: optuna.Trial | None = None  # the trial this worker runs now
-        self.ladder = ladder  # scheduler=asha: the rungs; None: each trial trains its whole budget
+        self.budget = budget  # is a trial needed
+        self.ladder = budget.ladder  # scheduler=asha: the rungs; None: each trial trains its whole budget
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.current = trial
@@ -98,12 +101,14 @@ class TrialObjective:
     def _run(self, trial: optuna.Trial) -> float:
         import keras  # the backend starts in the worker, not in the driver that imports this
 
-        from study.tensorboard import write_hparams
-        from study.train import train
+        from study.tracking.tensorboard import write_hparams
+        from study.training.run import train
 
         trials = trial.study.get_trials(deepcopy=False)
         frozen = next(other for other in trials if other.number == trial.number)
-        self._refuse_surplus(trial, trials, frozen)
+        reason = self.budget.surplus(frozen, trials)
+        if reason is not None:
+            raise NotNeeded(reason)
         sampled = self.space.sample(trial, self.base)
         segment, config = self._segment(trial, frozen, trials)
         with self._open_run(trial, frozen, trials, config) as tracker:
@@ -122,7 +127,7 @@ class TrialObjective:
                 segment=segment,
             )
             if segment is not None:
-                tracker.set_tags({RUNG_TAG: str(trial.user_attrs[scheduler.RUNG_ATTR])})
+                tracker.set_tags({RUNG_TAG: str(trial.user_attrs[asha.RUNG_ATTR])})
         value = metrics["best_val_accuracy"]
         log.info("trial %d: complete, val_accuracy %.4f", trial.number, value)
         return value
@@ -130,15 +135,15 @@ class TrialObjective:
     def _segment(self, trial: optuna.Trial, frozen: FrozenTrial, trials: list[FrozenTrial]):
         """(the stretch this trial trains, its configuration's number): with scheduler=asha a
         rung's worth; otherwise (None, the trial's own number), the whole budget."""
-        from study.train import Segment
+        from study.training.fit import Segment
 
         if self.ladder is None:
             return None, trial.number
-        promotion = scheduler.is_promotion(frozen)
-        rung = scheduler.rung_of(frozen) if promotion else scheduler.first_rung(frozen, trials, self.ladder)
-        trial.set_user_attr(scheduler.RUNG_ATTR, rung)  # a retry keeps it
+        promotion = asha.is_promotion(frozen)
+        rung = asha.rung_of(frozen) if promotion else asha.first_rung(frozen, trials, self.ladder)
+        trial.set_user_attr(asha.RUNG_ATTR, rung)  # a retry keeps it
         start, stop = self.ladder.segment(rung, first=not promotion)
-        return Segment(start, stop, self.ladder.unit), scheduler.config_of(frozen)
+        return Segment(start, stop, self.ladder.unit), asha.config_of(frozen)
 
     @staticmethod
     def _budget(segment) -> list[str]:
@@ -179,27 +184,6 @@ class TrialObjective:
         if retry_of is not None:
             tags[RETRY_OF_TAG] = str(retry_of)
         return tags
-
-    def _refuse_surplus(self, trial: optuna.Trial, trials: list[FrozenTrial], frozen: FrozenTrial) -> None:
-        """Workers race for the last trials; the ones beyond study.n_trials end at once. With
-        scheduler=asha, so do configurations beyond n_trials and a promotion another trial does."""
-        if self.ladder is not None:
-            duplicate = scheduler.duplicate_of(frozen, trials)
-            if duplicate is not None:
-                raise NotNeeded(f"trial {duplicate.number} does the same promotion")
-            reason = scheduler.surplus_configuration(frozen, trials, self.settings.study.n_trials)
-            if reason is not None:
-                raise NotNeeded(reason)
-            return
-        earlier_active = 0
-        done = 0
-        for other in trials:
-            if other.state in (TrialState.COMPLETE, TrialState.PRUNED):
-                done += 1
-            elif other.state == TrialState.RUNNING and other.number < trial.number:
-                earlier_active += 1
-        if done + earlier_active >= self.settings.study.n_trials:
-            raise NotNeeded(f"{done} trials done and {earlier_active} running reach study.n_trials")
 
     @staticmethod
     def _reporter(trial: optuna.Trial):

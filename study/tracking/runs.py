@@ -33,9 +33,9 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 from mlflow.utils.time import get_current_time_millis
 from omegaconf import DictConfig
 
-from study.config import ConfigError
-from study.masking import error_line, mask_secrets, write_masked  # noqa: F401 - callers import them here too
-from study.names import ERROR_TAG
+from study.core.errors import ConfigError, error_line, short_error
+from study.core.masking import mask_secrets
+from study.core.names import ERROR_TAG
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,6 @@ MAX_TAGS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAM_LENGTH = 6000
 MAX_TAG_LENGTH = 5000
-MAX_ERROR_LENGTH = 300  # the `error` tag: one line a person reads in the runs list
 LOCAL_STORE_SCHEMES = ("sqlite:", "file:")
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The MLflow UI opens an experiment of this kind on its model-training view (runs, metrics).
@@ -217,20 +216,6 @@ def terminal_status(error: BaseException | None) -> str:
     if isinstance(error, KeyboardInterrupt | SystemExit):
         return "KILLED"
     return "FAILED"
-
-
-def short_error(error: BaseException | str, limit: int = MAX_ERROR_LENGTH) -> str:
-    """One readable line: the type and the first line of the message, masked and cut short.
-
-    Some messages carry whole arrays; the full text goes to the run's error.txt instead.
-    """
-    if isinstance(error, str):
-        text = error
-    else:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        text = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
-    text = mask_secrets(" ".join(text.split()))
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:

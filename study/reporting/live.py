@@ -29,17 +29,12 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from study.leaderboard import (
-    METRIC,
-    describe_config,
-    format_value,
-    short_error,
-    space_targets,
-    trial_config,
-)
-from study.names import BEST_MODEL_TAG, BEST_RUN_TAG
-from study.scheduler import Ladder, best_trial, config_of, is_promotion, rung_of
-from study.storage import MLFLOW_RUN_ATTR, TrialCounts, trial_score
+from study.core.errors import short_error
+from study.core.names import METRIC, MLFLOW_RUN_ATTR
+from study.reporting.leaderboard import describe_config, format_value, space_targets, trial_config
+from study.search.asha import Ladder, is_promotion, rung_of
+from study.search.budget import TrialCounts
+from study.search.ranking import best_trial, trial_score
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 PLAIN_STUDY_LINE_SECONDS = 60.0
@@ -322,93 +317,3 @@ class StudyProgress:
     def _print(self, line: Text) -> None:
         # soft_wrap: a long line stays one line in a log file, whatever width rich assumes
         self.console.print(line, soft_wrap=True)
-
-
-# --- the end of a study -------------------------------------------------------------------------
-
-DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"  # what study.report and study.reproduce assume
-
-
-def final_summary(
-    study,
-    settings,
-    tracking_uri: str,
-    study_dir: Path,
-    summary: Mapping,
-    targets: Mapping[str, str],
-) -> str:
-    """What won, by how much over the runner-up and over the baseline, and the commands to
-    look further."""
-    from study.leaderboard import BASELINE_ATTR
-    from study.tracking import mask_secrets
-
-    trials = study.get_trials(deepcopy=False)
-    name = settings.study.name
-    lines = [""]
-    complete = sorted(
-        (t for t in trials if t.state == TrialState.COMPLETE and t.value is not None),
-        key=lambda t: (-rung_of(t), -t.value, t.number),  # scheduler=asha: the highest rung first
-    )
-    firsts = {config_of(t): t for t in reversed(complete)}  # asha: a configuration once, at its best
-    complete = [t for t in complete if firsts[config_of(t)] is t]
-    if not complete:
-        lines.append(f"study {name}: no trial completed, so nothing won")
-    else:
-        best = complete[0]
-        test = summary.get("best_trial_test_accuracy")
-        test_text = f", test_accuracy {test:.4f}" if test is not None else ""
-        lines.append(f"winner: trial {best.number}, {METRIC} {best.value:.4f}{test_text}")
-        lines.append(f"  {describe_config(trial_config(best, targets))}")
-        if len(complete) > 1:
-            runner_up = complete[1]
-            margin = best.value - runner_up.value
-            lead = f"{margin:+.4f} over" if margin > 0 else "tied with"
-            lines.append(f"  {lead} the runner-up, trial {runner_up.number} ({runner_up.value:.4f})")
-        lines.extend(_baseline_lines(trials, best, BASELINE_ATTR))
-    uri = mask_secrets(tracking_uri)
-    uri_option = "" if uri == DEFAULT_TRACKING_URI else f" --tracking-uri {uri}"
-    local_store = uri.startswith(("sqlite:", "file:")) or "://" not in uri
-    looks = [
-        ("leaderboard, plots", f"{study_dir}/leaderboard.csv, {study_dir}/plots/"),
-        ("MLflow UI", f"mlflow ui --backend-store-uri {uri}" if local_store else uri),
-        ("table", f"python -m study.report --study {name}{uri_option}"),
-    ]
-    run_id = summary.get(BEST_RUN_TAG)
-    if run_id:
-        looks.append(("replay the winner", f"python -m study.reproduce {run_id}{uri_option}"))
-    model_uri = summary.get(BEST_MODEL_TAG)
-    if model_uri:
-        looks.append(
-            (
-                "serve the winner",
-                f"MLFLOW_TRACKING_URI={uri} mlflow models serve -m {model_uri} --env-manager local -p 5001",
-            )
-        )
-    looks.append(("TensorBoard", f"tensorboard --logdir {study_dir / 'tensorboard'}"))
-    looks.append(
-        (
-            "Optuna dashboard",
-            f'optuna-dashboard {mask_secrets(settings.study.storage)}  (pip install -e ".[dashboard]")',
-        )
-    )
-    lines.append("look further:")
-    width = max(len(label) for label, _ in looks)
-    lines.extend(f"  {label:<{width}}  {command}" for label, command in looks)
-    return "\n".join(lines)
-
-
-def _baseline_lines(trials: list[FrozenTrial], best: FrozenTrial, attr: str) -> list[str]:
-    baseline = next((t for t in trials if t.user_attrs.get(attr)), None)
-    if baseline is None:
-        return []
-    if baseline.number == best.number:
-        return [f"  the baseline won (trial {baseline.number}, the base config): nothing searched beat it"]
-    score = trial_score(baseline)
-    if score is None:
-        return [f"  the baseline, trial {baseline.number}, ended {baseline.state.name} without a score"]
-    pruned = (
-        f", pruned at epoch {len(baseline.intermediate_values)}"
-        if baseline.state == TrialState.PRUNED
-        else ""
-    )
-    return [f"  {best.value - score:+.4f} over the baseline, trial {baseline.number} ({score:.4f}{pruned})"]

@@ -1,0 +1,165 @@
+"""What a config value points at, probed without starting a backend or writing anything:
+storage and tracking URLs (parsed, their files and folders looked at) and this machine's GPUs.
+
+Each `*_problem` function returns what was expected, or None when the value is usable; the
+schema declares them on its fields, so a bad value fails as any other range check.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import urllib.parse
+from pathlib import Path
+
+# scheme: at the start of a value: a URL, never a file path (`sqlite:/x` is a broken URL).
+URL_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+SQLITE_FILE = re.compile(r"sqlite:///(?P<database>[^?]+)(\?.*)?")
+
+
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mariadb", "mssql", "oracle")
+
+
+TRACKING_SCHEMES = ("file", "http", "https", "databricks", "databricks-uc", "uc")
+
+
+STORAGE_FORMS = (
+    "an Optuna storage URL (dialect://user@host:port/database, e.g. sqlite:///runs/optuna.db) "
+    "or a journal file path"
+)
+
+
+def storage_problem(storage: str) -> str | None:
+    """What is wrong with `study.storage`, found without connecting to it."""
+    if not URL_LIKE.match(storage):
+        return _file_problem(Path(storage), "a journal file path")
+    return _database_url_problem(storage, STORAGE_FORMS)
+
+
+def tracking_uri_problem(uri: str) -> str | None:
+    """What is wrong with `mlflow.tracking_uri`, found without connecting to it."""
+    if not URL_LIKE.match(uri):
+        return _folder_problem(Path(uri), "a folder for MLflow's file store")
+    scheme = uri.split(":", 1)[0].lower()
+    if scheme.split("+", 1)[0] in DATABASE_SCHEMES:
+        return _database_url_problem(uri, "a database URL MLflow can open")
+    if scheme == "file":
+        return _folder_problem(Path(urllib.parse.urlsplit(uri).path), "a folder for MLflow's file store")
+    if scheme in ("http", "https"):
+        try:
+            parts = urllib.parse.urlsplit(uri)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError as error:
+            return f"an {scheme} URL with a numeric port ({error})"
+        return None if parts.hostname else f"an {scheme} URL with a host name"
+    if scheme in TRACKING_SCHEMES or scheme in _tracking_plugin_schemes():
+        return None
+    return (
+        "a tracking URI MLflow knows (a folder, file:, sqlite:, postgresql:, mysql:, mssql:, http:, https:, "
+        f"databricks:), not scheme '{scheme}'"
+    )
+
+
+def _tracking_plugin_schemes() -> set[str]:
+    from importlib.metadata import entry_points
+
+    return {entry.name for entry in entry_points(group="mlflow.tracking_store")}
+
+
+def _database_url_problem(url: str, forms: str) -> str | None:
+    sqlite = SQLITE_FILE.fullmatch(url)
+    if sqlite:  # the default: no need to start SQLAlchemy for it
+        return _sqlite_problem(sqlite["database"])
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return f"{forms}; SQLAlchemy cannot parse this URL"
+    except ValueError as error:  # a port that is not a number
+        return f"{forms} with a numeric port ({error})"
+    try:
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        return f"{forms}; SQLAlchemy has no database dialect '{parsed.drivername}'"
+    try:
+        dialect.import_dbapi()
+    except ImportError as error:
+        return f"{forms} whose driver is installed ({parsed.drivername}: {error})"
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_problem(parsed.database)
+    return None
+
+
+def _sqlite_problem(database: str | None) -> str | None:
+    if not database or database == ":memory:":
+        return "a SQLite database file (sqlite:///path/to/file.db), not an in-memory database"
+    return _file_problem(Path(database), "a SQLite database file")
+
+
+def _file_problem(path: Path, what: str) -> str | None:
+    if path.is_dir():
+        return f"{what}, but {path} is a folder"
+    return _folder_problem(path.parent, f"{what} in a folder")
+
+
+def _folder_problem(path: Path, what: str) -> str | None:
+    """A folder that exists or can be made: the nearest existing ancestor must be a folder."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        return f"{what}, but {existing} is a file"
+    return None
+
+
+def gpus_problem(gpus: list[int]) -> str | None:
+    if not gpus:
+        return None
+    visible, source = visible_gpus()
+    if all(gpu in visible for gpu in gpus):
+        return None
+    if not visible:
+        return f"no GPUs: this machine has none visible ({source})"
+    return f"indices of this machine's GPUs ({', '.join(map(str, visible))}; {source})"
+
+
+NVIDIA_PROC_DIR = Path("/proc/driver/nvidia/gpus")  # one entry per GPU the driver sees
+
+
+def visible_gpus() -> tuple[list[int], str]:
+    """Indices of the NVIDIA GPUs this process may use, and where they were found.
+
+    Found without starting a backend: `nvidia-smi -L`, else the driver's /proc entries. When
+    CUDA_VISIBLE_DEVICES is set, only the GPUs it lists (by index or UUID) are visible.
+    """
+    gpus, source = _machine_gpus()
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return sorted(gpus), source
+    visible = []
+    for entry in (part.strip() for part in listed.split(",")):
+        by_uuid = (index for index, uuid in gpus.items() if uuid and uuid == entry)
+        index = int(entry) if entry.isdigit() else next(by_uuid, None)
+        if index is None or index not in gpus:
+            break  # CUDA ignores the entries after the first invalid one
+        visible.append(index)
+    return visible, f"{source}, CUDA_VISIBLE_DEVICES={listed!r}"
+
+
+def _machine_gpus() -> tuple[dict[int, str], str]:
+    """{index: UUID} of the machine's NVIDIA GPUs."""
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        listed = None
+    if listed is not None and listed.returncode == 0:
+        found = re.finditer(r"^GPU (\d+):.*?(?:\(UUID: (\S+)\))?$", listed.stdout, re.MULTILINE)
+        return {int(match[1]): match[2] or "" for match in found}, "nvidia-smi -L"
+    if NVIDIA_PROC_DIR.is_dir():
+        return {index: "" for index in range(len(list(NVIDIA_PROC_DIR.iterdir())))}, str(NVIDIA_PROC_DIR)
+    return {}, "no nvidia-smi and no NVIDIA driver found"

@@ -1,0 +1,79 @@
+"""Every name the package stores and reads back: Optuna attributes, MLflow tags, leaderboard
+columns and default store locations.
+
+One home for each spelling, so the driver, the workers, the leaderboard, `study.report` and
+`study.reproduce` never disagree; `tests/core/test_names.py` checks that no other module
+spells one of these strings itself.
+"""
+
+# Where the commands look when not told: the stores `conf/` writes by default.
+DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
+
+# Optuna study user attributes.
+PARENT_RUN_ATTR = "mlflow_parent_run_id"
+
+# Optuna trial user attributes.
+MLFLOW_RUN_ATTR = "mlflow_run_id"  # the trial's MLflow run
+FAIL_REASON_ATTR = "fail_reason"  # one line: why the trial failed
+NOT_NEEDED_ATTR = "not_needed"  # a trial that lost the race for the last places of the study
+WORKER_ATTR = "worker"  # host:pid of the worker process that runs the trial
+BASELINE_ATTR = "baseline"  # the enqueued trial of the base config's values
+RETRY_OF_ATTR = "retry_of"
+CONFIG_ATTR = "config"  # scheduler=asha, a promotion: the number of its configuration's first trial
+RUNG_ATTR = "rung"  # scheduler=asha: the rung a trial trains up to
+# Attributes of one attempt at a trial: a retry starts without them.
+ATTEMPT_ATTRS = (MLFLOW_RUN_ATTR, FAIL_REASON_ATTR, NOT_NEEDED_ATTR, WORKER_ATTR)
+
+# MLflow run tags of a trial and of a study.
+STATE_TAG = "optuna.trial.state"  # COMPLETE, PRUNED or FAIL, set before the run ends
+TRIAL_NUMBER_TAG = "optuna.trial.number"
+RETRY_OF_TAG = "optuna.trial.retry_of"
+OPTUNA_STUDY_TAG = "optuna.study_name"
+STUDY_NAME_TAG = "study.name"
+STUDY_ROLE_TAG = "study.role"  # PARENT_ROLE on the study's parent run
+PARENT_ROLE = "parent"
+ERROR_TAG = "error"  # one short line; the whole traceback is the run's error.txt artifact
+NOTE_TAG = "mlflow.note.content"  # the run description the MLflow UI shows
+RUNG_TAG = "study.rung"  # scheduler=asha: the highest rung the configuration's run completed
+CONFIG_TAG = "study.config"  # scheduler=asha: the number of the configuration's first trial
+# The winner: on its run, and on the study's parent run.
+WINNER_TAG = "study.winner"  # "true" on the one run that won the study
+MODEL_URI_TAG = "mlflow_model_uri"  # on the winner's run: where its MLflow model is
+# On the winner's run and its registered version: which best.keras the model is. A promotion
+# (scheduler=asha) in a resumed study can improve the winner's checkpoint after it was logged.
+CHECKPOINT_TAG = "checkpoint_sha256"
+BEST_RUN_TAG = "best_trial_run_id"  # on the parent
+BEST_MODEL_TAG = "best_trial_model_uri"  # on the parent
+BEST_TEST_METRIC = "best_trial_test_accuracy"  # on the parent: the winner's test accuracy
+
+# MLflow run tags that say what ran where (every run).
+BACKEND_TAG = "keras.backend"
+DEVICE_TAG = "device"
+DATA_NAME_TAG = "data.name"
+DATA_SOURCE_TAG = "data.source"
+DATA_DIGEST_TAG = "data.digest"
+DATA_EXAMPLES_TAG = "data.train_examples"
+VERSION_TAG_PREFIX = "versions."  # versions.keras, versions.tensorflow, ...
+
+# Replays and reproductions.
+REPLAY_OF_TAG = "replay_of"  # on a replay's run: the id of the run whose config.yaml it replays
+REPRODUCTION_OF_TAG = "reproduction_of"  # on study.reproduce's run: the run it reproduces
+REPRODUCED_BY_TAG = "reproduced_by"  # on the original: the latest reproduction
+REPRODUCTION_DIFF_TAG = "reproduction.max_abs_diff"
+SEED_VARIANCE_OF_TAG = "seed_variance_of"  # on each run of `study.reproduce --seeds N`
+SEED_VARIANCE_SEED_TAG = "seed_variance.seed"
+SEED_VARIANCE_PREFIX = "seed_variance."  # metrics on the original: seed_variance.<metric>.mean, ...
+
+# Leaderboard columns, shared by every table (leaderboard.csv, study.report, the summary).
+STUDY_COLUMN = "study"
+TRIAL_COLUMN = "trial"
+RUN_NAME_COLUMN = "run_name"
+STATE_COLUMN = "state"
+RUNG_COLUMN = "rung"  # scheduler=asha: the rung a trial trained up to; the highest ranks first
+METRIC = "val_accuracy"  # what a study maximizes: the best validation accuracy of a run
+TEST_METRIC = "test_accuracy"
+EPOCHS_COLUMN = "epochs"
+DURATION_COLUMN = "duration_s"
+ROLE_COLUMN = "role"
+ERROR_COLUMN = "error"
+RUN_ID_COLUMN = "run_id"

@@ -1,0 +1,219 @@
+"""An Optuna study of tracked training runs: `python -m study.sweep [overrides]`.
+
+The driver checks everything it can before any store is touched (config, data files, search
+space, sampler), creates or resumes the Optuna study and its MLflow parent run, starts the
+worker processes (`study.worker`), shows progress, replaces workers that die, and at the end
+writes the leaderboard, Optuna's plots and the winner's test-set evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+import traceback
+from pathlib import Path
+
+import optuna
+from omegaconf import DictConfig
+from optuna.trial import FrozenTrial
+
+from study.config.checks import check_on_this_machine, checked_config, checked_sweep_config
+from study.config.compose import sweep_composer
+from study.config.schema import CONFIG_DIR
+from study.core.errors import short_error
+from study.core.names import (
+    BASELINE_ATTR,
+)
+from study.execution.parent import check_space_unchanged, create_or_load_study, parent_run
+from study.execution.pool import WorkerPool
+from study.execution.recovery import end_orphaned_runs, fail_ownerless_trials
+from study.execution.spec import WorkerSpec
+from study.execution.storage import make_storage
+from study.reporting.finish import finish
+from study.reporting.live import StudyProgress
+from study.search.asha import ladder_for
+from study.search.budget import DONE, TIMEOUT, Budget, Verdict
+from study.search.pruners import build_pruner
+from study.search.samplers import build_sampler
+from study.search.space import SearchSpace
+from study.tracking.runs import RunTracker, check_tracking_store, terminal_status
+from study.training.data import load_dataset
+
+log = logging.getLogger(__name__)
+
+PARENT_WAIT_SECONDS = 60.0
+POLL_SECONDS = 1.0
+
+
+def run_sweep(
+    cfg: DictConfig,
+    overrides: list[str] | None = None,
+    config_dir: str | Path = CONFIG_DIR,
+    config_name: str = "sweep",
+) -> dict:
+    """Run (or resume) the study `cfg` describes; returns its summary.
+
+    `overrides` are the command-line overrides `cfg` was composed with: workers compose the
+    same config from them, plus each trial's sampled values.
+    """
+    overrides = list(overrides or [])
+    settings, base = checked_sweep_config(cfg), checked_config(cfg)
+    check_on_this_machine(settings)  # study.gpus: the GPUs this machine has
+    load_dataset(base.data, base.trainer.seed)  # a missing or corrupt file fails here, not in trials
+    compose_with = sweep_composer(str(config_dir), config_name, overrides)
+    space = SearchSpace(settings.search_space)
+    space.check_against(compose_with)
+    build_sampler(settings.sampler, space)
+    build_pruner(settings.pruner)
+    check_tracking_store(base.mlflow)  # a deleted experiment or unusable store: before the storage
+
+    ladder = ladder_for(settings, base)  # scheduler=asha: its rungs, checked here
+    storage = make_storage(settings.study, base.mlflow.tracking_uri)
+    study, created = create_or_load_study(settings, storage)
+    check_space_unchanged(study, space, base)
+
+    # Inputs are good: from here on the stores are written.
+    session_start = time.time()
+    study_dir = Path(settings.study.output_dir)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    deadline = session_start + settings.study.timeout if settings.study.timeout else None
+    budget = Budget.of(settings, session_start, deadline, ladder)
+    parent = None
+    try:
+        parent = parent_run(study, created, storage, settings, base, cfg, study_dir)
+        if created and settings.study.enqueue_defaults:
+            study.enqueue_trial(
+                space.base_values(base), user_attrs={BASELINE_ATTR: True}, skip_if_exists=True
+            )
+        fail_ownerless_trials(study, settings.study, base.mlflow.tracking_uri)  # an earlier session's
+        spec = WorkerSpec(
+            str(config_dir),
+            config_name,
+            overrides,
+            parent.run_id,
+            session_start=session_start,
+            deadline=deadline,
+        )
+        trials = study.get_trials(deepcopy=False)
+        if budget.judge(trials).stop is None:
+            epochs = None if base.trainer.max_steps else base.trainer.epochs  # shown as epoch k/n
+            Driver(study, settings, base, spec, study_dir, budget, epochs).run()
+        try:
+            summary = finish(study, settings, parent, study_dir)
+        finally:
+            end_orphaned_runs(study, parent)
+        verdict = budget.judge(study.get_trials(deepcopy=False))
+        if verdict.stop not in (DONE, TIMEOUT):
+            raise StudyIncompleteError(incomplete_message(settings, verdict))
+    except (StudyIncompleteError, KeyboardInterrupt, SystemExit) as error:
+        end_quietly(parent, terminal_status(error), error)
+        raise
+    except Exception as error:  # a full disk, a store that cannot be written, ...
+        end_quietly(parent, "FAILED", error)
+        raise session_failure(study, settings, budget, study_dir, error) from error
+    parent.end("FINISHED")
+    return summary
+
+
+class StudyIncompleteError(RuntimeError):
+    """This session stopped before study.n_trials trials were done."""
+
+
+def incomplete_message(settings: DictConfig, verdict: Verdict, reason: str | None = None) -> str:
+    counts = verdict.counts
+    what = "configurations" if verdict.configurations_done is not None else "trials"
+    return (
+        f"study {settings.study.name}: {verdict.done} of {settings.study.n_trials} {what} done: "
+        f"{reason or verdict.reason()}; {counts.running} still RUNNING. Run the command again to resume."
+    )
+
+
+def end_quietly(parent: RunTracker | None, status: str, error: BaseException | None) -> None:
+    """End the parent run; a store that cannot be written must not hide the session's error."""
+    if parent is None:
+        return
+    try:
+        parent.end(status, error)
+    except Exception as end_error:
+        log.warning("could not end the study's parent run %s: %s", parent.run_id, short_error(end_error))
+
+
+def session_failure(
+    study: optuna.Study,
+    settings: DictConfig,
+    budget: Budget,
+    study_dir: Path,
+    error: Exception,
+) -> StudyIncompleteError:
+    """The one line for a session that broke after the stores were written; the traceback
+    goes to logs/driver.log (when the disk still takes it)."""
+    details = study_dir / "logs" / "driver.log"
+    try:
+        details.parent.mkdir(parents=True, exist_ok=True)
+        with details.open("a") as file:
+            file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {''.join(traceback.format_exception(error))}")
+        where = f"; details in {details}"
+    except OSError:
+        where = ""
+    reason = f"the session failed ({short_error(error)}{where})"
+    try:
+        verdict = budget.judge(study.get_trials(deepcopy=False))
+        return StudyIncompleteError(incomplete_message(settings, verdict, reason))
+    except Exception:  # the study store itself is out of reach
+        return StudyIncompleteError(
+            f"study {settings.study.name}: {reason}. Run the command again to resume."
+        )
+
+
+class Driver:
+    """Watches the study while the workers run: progress, dead workers, ownerless trials."""
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        settings: DictConfig,
+        base: DictConfig,
+        spec: WorkerSpec,
+        study_dir: Path,
+        budget: Budget,
+        epochs: int | None = None,
+    ):
+        self.study = study
+        self.settings = settings
+        self.tracking_uri = base.mlflow.tracking_uri
+        self.spec = spec
+        self.pool = WorkerPool(settings.study, spec, study_dir / "logs")
+        self.budget = budget
+        workers = len(self.pool.workers)
+        self.progress = StudyProgress.from_settings(
+            settings, epochs, workers, self.pool.logs, budget.ladder, deadline=budget.deadline
+        )
+
+    def run(self) -> None:
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+        try:
+            self.pool.start()
+            while self.pool.alive:
+                time.sleep(POLL_SECONDS)
+                trials = self.study.get_trials(deepcopy=False)  # one query a poll, for all below
+                verdict = self._judge(trials)
+                self.progress.update(verdict.counts, trials, done=verdict.done)
+                fail_ownerless_trials(self.study, self.settings.study, self.tracking_uri, trials)
+                self.pool.reap(may_restart=lambda: self._judge().stop is None)
+        except KeyboardInterrupt:
+            self.pool.stop()
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            self.pool.remove_spec_files()
+            # The trials of workers that died (or were killed just now) are failed and retried.
+            fail_ownerless_trials(self.study, self.settings.study, self.tracking_uri)
+            trials = self.study.get_trials(deepcopy=False)
+            verdict = self._judge(trials)
+            self.progress.update(verdict.counts, trials, force=True, done=verdict.done)
+            self.progress.close(verdict.counts, trials)
+
+    def _judge(self, trials: list[FrozenTrial] | None = None) -> Verdict:
+        trials = self.study.get_trials(deepcopy=False) if trials is None else trials
+        return self.budget.judge(trials)

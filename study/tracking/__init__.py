@@ -1,0 +1,21 @@
+"""The tracking layer: MLflow runs through the client API (`runs`), the store checked before
+anything is written (`runs.check_tracking_store`), lineage in MLflow's own terms (`lineage`:
+dataset inputs, logged models, system metrics) and TensorBoard event files (`tensorboard`)."""
+
+from study.tracking.runs import (
+    RunTracker,
+    check_tracking_store,
+    flatten,
+    get_or_create_experiment,
+    missing_local_store,
+    terminal_status,
+)
+
+__all__ = [
+    "RunTracker",
+    "check_tracking_store",
+    "flatten",
+    "get_or_create_experiment",
+    "missing_local_store",
+    "terminal_status",
+]
