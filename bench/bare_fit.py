@@ -18,9 +18,9 @@ import keras
 
 from study.training import backend
 from study.training.data import load_dataset
+from study.training.fit import run_inputs
 from study.training.models import build_model
 from study.training.optimizers import build_optimizer
-from study.training.run import run_inputs
 
 from common import main_overrides, print_result, train_config
 

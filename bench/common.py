@@ -9,7 +9,8 @@ import sys
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from study.config.schema import CONFIG_DIR, checked_config
+from study.config.checks import checked_config
+from study.config.schema import CONFIG_DIR
 
 RESULT_PREFIX = "BENCH_RESULT "  # the line run.py reads back from a script's stdout
 

@@ -37,7 +37,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 from tabulate import tabulate
 
-from study.execution.storage import MLFLOW_RUN_ATTR
+from study.core.names import MLFLOW_RUN_ATTR
 
 from common import read_result, steady_median
 

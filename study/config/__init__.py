@@ -11,7 +11,8 @@ from study.config.checks import (
 )
 from study.config.compose import Composer, merge_overrides, sweep_composer
 from study.config.probes import gpus_problem, storage_problem, tracking_uri_problem, visible_gpus
-from study.config.schema import CONFIG_DIR, SCHEMAS, SWEEP_SCHEMAS, register_configs
+from study.config.schema import CONFIG_DIR, SCHEMAS, register_configs
+from study.config.study_schema import SWEEP_SCHEMAS
 
 __all__ = [
     "CONFIG_DIR",

@@ -13,15 +13,9 @@ import dataclasses
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from study.config.schema import (
-    CHECK,
-    MACHINE_CHECK,
-    SCHEMAS,
-    SWEEP_KEYS,
-    SWEEP_SCHEMAS,
-    SweepStudyPart,
-    TrainConfig,
-)
+from study.config.fields import CHECK, MACHINE_CHECK
+from study.config.schema import SCHEMAS, TrainConfig
+from study.config.study_schema import SWEEP_KEYS, SWEEP_SCHEMAS, SweepStudyPart
 from study.core.errors import ConfigError, describe_omegaconf_error
 from study.core.masking import mask_secrets
 

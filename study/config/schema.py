@@ -14,8 +14,6 @@ Nothing here imports Keras, TensorFlow or MLflow: a bad value is reported in abo
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,49 +21,12 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from study.config.probes import gpus_problem, storage_problem, tracking_uri_problem
+from study.config.fields import CHECK, FRACTION, FRACTION_CLOSED, POSITIVE, SEED, Check, at_least, must
+from study.config.probes import tracking_uri_problem
+from study.config.study_schema import SWEEP_SCHEMAS, SweepStudyPart
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # Keras dtype policies
-CHECK = "check"  # the dataclass field metadata key of a value check
-MACHINE_CHECK = "machine_check"  # a check of this machine (its GPUs), made by the driver only
-
-
-# --- value checks, declared on the schema fields ---------------------------------------------
-
-
-@dataclass(frozen=True)
-class Check:
-    """What a field's value must be: `problem(value)` says what was expected, or None if valid."""
-
-    problem: Callable[[Any], str | None]
-
-
-def must(expected: str, is_valid: Callable[[Any], bool]) -> dict[str, Check]:
-    """Field metadata: the value must satisfy `is_valid`; `expected` says so in the error."""
-    return {CHECK: Check(lambda value: None if is_valid(value) else expected)}
-
-
-def at_least(low: int, *, optional: bool = False) -> dict[str, Check]:
-    expected = f"an integer >= {low}"
-    if optional:
-        return must(f"null or {expected}", lambda v: v is None or v >= low)
-    return must(expected, lambda v: v >= low)
-
-
-def auto_or_at_least(low: int) -> dict[str, Check]:
-    return must(f"'auto' or an integer >= {low}", lambda v: v == "auto" or (_is_int(v) and v >= low))
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-POSITIVE = must("a number > 0", lambda v: v > 0)
-FRACTION = must("a number in [0, 1)", lambda v: 0 <= v < 1)  # dropout, Adam's betas, RMSprop's rho
-FRACTION_CLOSED = must("a number in [0, 1]", lambda v: 0 <= v <= 1)
-SEED = must("an integer in [0, 2**32 - 1]", lambda v: 0 <= v < 2**32)  # NumPy's seed range
-OPTIONAL_SEED = must("null or an integer in [0, 2**32 - 1]", lambda v: v is None or 0 <= v < 2**32)
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -188,207 +149,16 @@ class TrainConfig:
     runs_dir: str = "runs"
 
 
-# --- studies (python -m study.sweep) -----------------------------------------------------------
-
-
-@dataclass
-class StudyConfig:
-    name: str = field(
-        default="default",
-        metadata=must(
-            "letters, digits, '_', '.' and '-'",
-            lambda v: re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v) is not None,
-        ),
-    )
-    # Complete + pruned trials in the whole study, earlier sessions included.
-    n_trials: int = field(default=20, metadata=at_least(1))
-    # Seconds; no new trial starts after it (this session).
-    timeout: float | None = field(default=None, metadata=must("null or > 0", lambda v: v is None or v > 0))
-    # The objective is the best validation accuracy of a trial.
-    direction: str = field(
-        default="maximize", metadata=must("'maximize' (validation accuracy)", lambda v: v == "maximize")
-    )
-    # An Optuna storage URL (sqlite:///..., postgresql://..., mysql://...) or a journal file path.
-    storage: str = field(
-        default="sqlite:///${runs_dir}/optuna.db", metadata={CHECK: Check(lambda v: storage_problem(v))}
-    )
-    # Worker processes; with gpus, at most len(gpus) * trials_per_gpu.
-    n_workers: int = field(default=1, metadata=at_least(1))
-    # GPU indices of this machine (nvidia-smi -L), as CUDA_VISIBLE_DEVICES lets the driver see them.
-    gpus: list[int] = field(default_factory=list, metadata={MACHINE_CHECK: Check(lambda v: gpus_problem(v))})
-    trials_per_gpu: int = field(default=1, metadata=at_least(1))
-    enqueue_defaults: bool = True  # trial 0 tries the base config's values: a baseline to beat
-    # Seconds; a worker silent for 2x this is declared dead.
-    heartbeat_interval: int = field(default=10, metadata=at_least(1))
-    max_retry: int = field(default=1, metadata=at_least(0))  # re-runs of a trial whose worker died
-    # Stop after this many failed trials (default: n_trials).
-    max_failed_trials: int | None = field(default=None, metadata=at_least(1, optional=True))
-    output_dir: str = "${runs_dir}/studies/${study.name}"
-    # Model Registry name the winner is registered under (models:/NAME/latest); null: not registered.
-    registered_model: str | None = "${study.name}"
-
-
-@dataclass
-class ParamSpec:
-    """One search-space entry: a group option (`model`) or a value (`optimizer.learning_rate`)."""
-
-    type: str = MISSING  # categorical | float | int
-    choices: list[Any] | None = None
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = None
-    # Sample only when these config keys have one of these values, e.g. {model: [mlp, cnn]}.
-    when: dict[str, list[Any]] | None = None
-    # The config key the value goes to; defaults to the entry's name. Lets two entries with
-    # different ranges (one per optimizer, say) set the same key.
-    target: str | None = None
-
-
-@dataclass
-class TpeSamplerConfig:
-    name: str = "tpe"
-    seed: int | None = field(default=42, metadata=OPTIONAL_SEED)
-    n_startup_trials: int = field(default=5, metadata=at_least(0))
-    multivariate: bool = True
-    group: bool = True  # conditional spaces: sample each sub-space jointly
-    constant_liar: bool = True  # parallel workers avoid sampling the same point
-
-
-@dataclass
-class RandomSamplerConfig:
-    name: str = "random"
-    seed: int | None = field(default=42, metadata=OPTIONAL_SEED)
-
-
-@dataclass
-class GridSamplerConfig:
-    name: str = "grid"
-    seed: int | None = field(default=42, metadata=OPTIONAL_SEED)
-
-
-@dataclass
-class CmaesSamplerConfig:
-    name: str = "cmaes"
-    seed: int | None = field(default=42, metadata=OPTIONAL_SEED)
-    n_startup_trials: int = field(default=1, metadata=at_least(0))
-
-
-@dataclass
-class GpSamplerConfig:
-    name: str = "gp"
-    seed: int | None = field(default=42, metadata=OPTIONAL_SEED)
-    n_startup_trials: int = field(default=10, metadata=at_least(0))
-
-
-@dataclass
-class MedianPrunerConfig:
-    name: str = "median"
-    n_startup_trials: int = field(default=3, metadata=at_least(0))  # complete trials before any pruning
-    n_warmup_steps: int = field(default=0, metadata=at_least(0))  # epochs before a trial can be pruned
-    interval_steps: int = field(default=1, metadata=at_least(1))
-
-
-@dataclass
-class HyperbandPrunerConfig:
-    name: str = "hyperband"
-    min_resource: int = field(default=1, metadata=at_least(1))
-    max_resource: Any = field(default="auto", metadata=auto_or_at_least(1))  # "auto" or epochs
-    reduction_factor: int = field(default=3, metadata=at_least(2))
-
-
-@dataclass
-class SuccessiveHalvingPrunerConfig:
-    name: str = "successive_halving"
-    min_resource: Any = field(default="auto", metadata=auto_or_at_least(1))
-    reduction_factor: int = field(default=4, metadata=at_least(2))
-    min_early_stopping_rate: int = field(default=0, metadata=at_least(0))
-
-
-@dataclass
-class ThresholdPrunerConfig:
-    name: str = "threshold"
-    lower: float | None = None  # prune a trial whose validation accuracy falls below this
-    upper: float | None = None
-    n_warmup_steps: int = field(default=0, metadata=at_least(0))
-
-
-@dataclass
-class NopPrunerConfig:
-    name: str = "none"
-
-
-@dataclass
-class NoSchedulerConfig:
-    """Every trial trains its whole budget in one go; the pruner may stop it early."""
-
-    name: str = "none"
-
-
-RESOURCE_UNITS = ("epochs", "steps")
-
-
-@dataclass
-class AshaSchedulerConfig:
-    """Asynchronous successive halving with promotion (study/scheduler.py)."""
-
-    name: str = "asha"
-    # The first rung's budget, in resource_unit. auto: 1 epoch; with resource_unit=steps, the top
-    # rung divided by eta until the first rung is about 1/eta of an epoch (scheduler.py).
-    min_resource: Any = field(default="auto", metadata=auto_or_at_least(1))
-    # eta: the top 1/eta of a rung goes on; budgets grow eta-fold.
-    reduction_factor: int = field(default=3, metadata=at_least(2))
-    # The top rung's budget; null: trainer.epochs (see scheduler.py).
-    max_resource: int | None = field(default=None, metadata=at_least(1, optional=True))
-    # epochs | steps (optimizer steps: a rung may end mid-epoch).
-    resource_unit: str = field(
-        default="epochs", metadata=must(" or ".join(RESOURCE_UNITS), lambda v: v in RESOURCE_UNITS)
-    )
-    brackets: int = field(
-        default=1, metadata=at_least(1)
-    )  # Hyperband brackets over ASHA: bracket b starts at rung b
-
-
-@dataclass
-class SweepStudyPart:
-    """What a study adds to the train config."""
-
-    study: StudyConfig = field(default_factory=StudyConfig)
-    sampler: Any = MISSING
-    pruner: Any = MISSING
-    scheduler: Any = MISSING
-    search_space: dict[str, ParamSpec] = field(default_factory=dict)
-
-
 @dataclass
 class SweepConfig(TrainConfig, SweepStudyPart):
     """The primary schema of `conf/sweep.yaml`: the train config plus the study part."""
 
-
-SWEEP_KEYS = ("study", "sampler", "pruner", "scheduler", "search_space")
 
 # Group option name -> schema. `checked_config` picks the schema from the node's `name`.
 SCHEMAS: dict[str, dict[str, type]] = {
     "data": {"mnist": DataConfig, "fashion_mnist": DataConfig, "digits": DataConfig},
     "model": {"softmax": SoftmaxConfig, "mlp": MlpConfig, "cnn": CnnConfig},
     "optimizer": {"sgd": SgdConfig, "adam": AdamConfig, "rmsprop": RmspropConfig},
-}
-SWEEP_SCHEMAS: dict[str, dict[str, type]] = {
-    "sampler": {
-        "tpe": TpeSamplerConfig,
-        "random": RandomSamplerConfig,
-        "grid": GridSamplerConfig,
-        "cmaes": CmaesSamplerConfig,
-        "gp": GpSamplerConfig,
-    },
-    "pruner": {
-        "median": MedianPrunerConfig,
-        "hyperband": HyperbandPrunerConfig,
-        "successive_halving": SuccessiveHalvingPrunerConfig,
-        "threshold": ThresholdPrunerConfig,
-        "none": NopPrunerConfig,
-    },
-    "scheduler": {"none": NoSchedulerConfig, "asha": AshaSchedulerConfig},
 }
 
 

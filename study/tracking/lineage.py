@@ -14,7 +14,7 @@ import platform
 import types
 import warnings
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import mlflow
 import numpy as np
@@ -27,9 +27,21 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.types import Schema, TensorSpec
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-from study.training.data import Dataset
-
 log = logging.getLogger(__name__)
+
+
+class Data(Protocol):
+    """What a run's data set tells MLflow (study.training.data.Dataset has it)."""
+
+    name: str
+    source: str
+    digest: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+
+    @property
+    def image_shape(self) -> tuple[int, ...]: ...
+
 
 # MLflow's SQL stores keep at most 36 characters of a dataset digest; the full one is the
 # run's `data.digest` tag, which starts with this.
@@ -80,7 +92,7 @@ def dataset_source(source: str) -> DatasetSource:
     return LibrarySource(source)
 
 
-def log_dataset(client: MlflowClient, run_id: str, dataset: Dataset) -> None:
+def log_dataset(client: MlflowClient, run_id: str, dataset: Data) -> None:
     """The run's data set as a dataset input: name, source, digest and the images' shape."""
     schema = Schema(
         [

@@ -1,0 +1,229 @@
+"""Bad input is refused before anything is written, with one line naming the key or file.
+
+The commands run as users run them, in a subprocess from a fresh folder; after a refusal the
+folder holds no MLflow store, no Optuna storage and no study folder (Hydra's own output
+folder for the job aside).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from study import report, reproduce
+from study.config.checks import checked_sweep_config
+from study.config.probes import gpus_problem, visible_gpus
+from study.core.errors import ConfigError
+from tests.helpers import TINY_VALIDATION, compose_config, free_port, run_command, synthetic_digits
+
+PASSWORD = "S3cretPW"
+
+
+def assert_refused(done: subprocess.CompletedProcess, expected: str, cwd: Path) -> None:
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-3000:]
+    assert len(lines) == 1, done.stderr[-3000:]
+    assert lines[0].startswith(expected), lines[0]
+    assert PASSWORD not in done.stdout + done.stderr
+    for store in ("runs/mlflow.db", "runs/optuna.db", "runs/studies", "runs/mlartifacts"):
+        assert not (cwd / store).exists(), f"{store} written by a refused command"
+
+
+def npz_with(tmp_path: Path, **arrays) -> Path:
+    x_train, y_train = synthetic_digits(400, seed=1)
+    x_test, y_test = synthetic_digits(100, seed=2)
+    data = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test, **arrays}
+    file = tmp_path / "data.npz"
+    np.savez(file, **data)
+    return file
+
+
+TRAIN_REFUSALS = [
+    (["trainer.seed=-1"], "study.train: error: trainer.seed: expected an integer in [0, 2**32 - 1], got -1"),
+    (["optimizer.beta_1=1.5"], "study.train: error: optimizer.beta_1: expected a number in [0, 1), got 1.5"),
+    (["optimizer.beta_2=1.0"], "study.train: error: optimizer.beta_2: expected a number in [0, 1), got 1.0"),
+    (["optimizer.epsilon=0"], "study.train: error: optimizer.epsilon: expected a number > 0, got 0.0"),
+    (
+        ["optimizer=rmsprop", "optimizer.rho=1.2"],
+        "study.train: error: optimizer.rho: expected a number in [0, 1)",
+    ),
+    (
+        ["optimizer=sgd", "optimizer.momentum=2"],
+        "study.train: error: optimizer.momentum: expected a number in [0, 1]",
+    ),
+    (
+        ["mlflow.tracking_uri=foo://x"],
+        "study.train: error: mlflow.tracking_uri: expected a tracking URI MLflow knows",
+    ),
+    (
+        [f"mlflow.tracking_uri=http://alice:{PASSWORD}@127.0.0.1:abc"],
+        "study.train: error: mlflow.tracking_uri: expected an http URL with a numeric port",
+    ),
+]
+
+
+@pytest.mark.parametrize(("overrides", "expected"), TRAIN_REFUSALS)
+def test_bad_values_are_one_line_before_tensorflow_starts(tmp_path, overrides, expected):
+    done = run_command("train", "data=digits", *overrides, cwd=tmp_path)
+    assert_refused(done, expected, tmp_path)
+
+
+def test_a_tracking_folder_that_is_a_file(tmp_path):
+    (tmp_path / "store").write_text("not a folder")
+    done = run_command("train", "data=digits", "mlflow.tracking_uri=sqlite:///store/mlflow.db", cwd=tmp_path)
+    expected = "mlflow.tracking_uri: expected a SQLite database file in a folder, but store is a file"
+    assert_refused(done, f"study.train: error: {expected}", tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "runs").write_text("not a folder")  # Hydra's output folder goes below runs/ too
+    done = run_command("train", "data=digits", cwd=elsewhere)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert lines[0].startswith("study.train: error: [Errno 20] Not a directory: 'runs/hydra/train/")
+
+
+@pytest.mark.parametrize(
+    ("arrays", "expected"),
+    [
+        ({"y_train": np.full(400, 200, np.uint8)}, "y_train: expected class labels 0..9, got 200"),
+        (
+            {"x_test": np.zeros((100, 10, 10), np.uint8)},
+            "x_test: expected test images of the training images' shape",
+        ),
+    ],
+)
+def test_bad_data_is_one_line_before_any_run(tmp_path, arrays, expected):
+    file = npz_with(tmp_path, **arrays)
+    done = run_command("train", f"data.path={file}", f"data.validation_size={TINY_VALIDATION}", cwd=tmp_path)
+    assert_refused(done, f"study.train: error: data.path: {file}: {expected}", tmp_path)
+
+
+def test_a_replayed_config_with_a_yaml_syntax_error(tmp_path):
+    (tmp_path / "replay").mkdir()
+    (tmp_path / "replay" / "config.yaml").write_text("data:\n  name: digits\nmodel: {name: mlp\n")
+    done = run_command("train", "--config-path", "replay", "--config-name", "config", cwd=tmp_path)
+    assert_refused(
+        done, f"study.train: error: {tmp_path / 'replay' / 'config.yaml'}: not valid YAML at line 4", tmp_path
+    )
+
+
+@pytest.mark.slow  # a store made and read by two processes: about 15 s
+def test_a_deleted_experiment_is_named(tmp_path):
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    client = MlflowClient(tracking_uri=store)
+    client.delete_experiment(client.create_experiment("study"))
+    done = run_command("train", "data=digits", f"mlflow.tracking_uri={store}", cwd=tmp_path)
+    assert_refused(
+        done, "study.train: error: mlflow.experiment_name: experiment 'study' is deleted", tmp_path
+    )
+    assert client.search_runs([client.get_experiment_by_name("study").experiment_id]) == []
+
+
+@pytest.mark.slow  # MLflow's client gives up after one retry: about 10 s
+def test_an_unreachable_tracking_server_is_one_line_without_its_password(tmp_path):
+    url = f"http://alice:{PASSWORD}@127.0.0.1:{free_port()}"
+    done = run_command("train", "data=digits", f"mlflow.tracking_uri={url}", cwd=tmp_path)
+    assert_refused(
+        done, "study.train: error: mlflow.tracking_uri: cannot use http://alice:***@127.0.0.1:", tmp_path
+    )
+
+
+SWEEP_BASE = ["data=digits", "search_space=learning_rate", "study.n_trials=2"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            [f"study.storage=postgresql://u:{PASSWORD}@127.0.0.1:{free_port()}/optuna"],
+            "study.sweep: error: study.storage: postgresql://u:***@127.0.0.1:",
+        ),
+        (
+            ["study.storage=sqlite:/runs/optuna.db"],
+            "study.sweep: error: study.storage: expected an Optuna storage URL",
+        ),
+        (["study.gpus=[99]"], "study.sweep: error: study.gpus: expected "),
+    ],
+)
+def test_sweep_refusals_leave_no_study_behind(tmp_path, overrides, expected):
+    done = run_command("sweep", *SWEEP_BASE, *overrides, cwd=tmp_path)
+    assert_refused(done, expected, tmp_path)
+    assert not (tmp_path / "sqlite:").exists()  # sqlite:/x is no journal file path
+
+
+@pytest.mark.parametrize(
+    ("storage", "expected"),
+    [
+        ("postgresql://u:pw@db-host:abc/optuna", "with a numeric port"),
+        ("foo://x/y", "SQLAlchemy has no database dialect 'foo'"),
+        ("sqlite:///:memory:", "not an in-memory database"),
+        ("sqlite://", "not an in-memory database"),
+        ("mysql+nosuchdriver://u@h/db", "SQLAlchemy has no database dialect 'mysql+nosuchdriver'"),
+    ],
+)
+def test_storage_urls_parse_as_urls(storage, expected):
+    cfg = compose_config("sweep", [f"study.storage={storage}"])
+    with pytest.raises(ConfigError, match=r"^study\.storage: expected") as caught:
+        checked_sweep_config(cfg)
+    assert expected in str(caught.value)
+    assert ":pw@" not in str(caught.value)
+
+
+def test_storage_paths_stay_journal_files(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    for storage, valid in (
+        (tmp_path / "journal.log", True),
+        (tmp_path / "new" / "journal.log", True),
+        (tmp_path / "afile" / "journal.log", False),
+        (tmp_path, False),
+    ):
+        cfg = compose_config("sweep", [f"study.storage={storage}"])
+        if valid:
+            checked_sweep_config(cfg)
+        else:
+            with pytest.raises(ConfigError, match=r"^study\.storage: expected a journal file path"):
+                checked_sweep_config(cfg)
+
+
+FAKE_NVIDIA_SMI = """#!/bin/sh
+echo "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-aaaa)"
+echo "GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-bbbb)"
+"""
+
+
+def test_gpus_are_found_without_a_backend(tmp_path, monkeypatch):
+    """`nvidia-smi -L` (a stand-in script here: this machine may have no GPU) and
+    CUDA_VISIBLE_DEVICES decide which study.gpus entries exist."""
+    (tmp_path / "nvidia-smi").write_text(FAKE_NVIDIA_SMI)
+    (tmp_path / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert visible_gpus() == ([0, 1], "nvidia-smi -L")
+    assert gpus_problem([0, 1]) is None
+    assert gpus_problem([7]) == "indices of this machine's GPUs (0, 1; nvidia-smi -L)"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-bbbb")
+    assert visible_gpus()[0] == [1]
+    assert gpus_problem([0]).startswith(
+        "indices of this machine's GPUs (1; nvidia-smi -L, CUDA_VISIBLE_DEVICES"
+    )
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert gpus_problem([0]).startswith("no GPUs: this machine has none visible")
+
+
+def test_reproduce_and_report_refuse_a_missing_store(tmp_path, capsys):
+    missing = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    assert reproduce.main(["0123abcd", "--tracking-uri", missing]) == 2
+    assert report.main(["--study", "default", "--tracking-uri", missing]) == 2
+    assert report.main(["--experiment", "study", "--tracking-uri", f"{tmp_path / 'mlruns'}"]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert (
+        errors[0]
+        == f"study.reproduce: error: --tracking-uri {missing}: no MLflow store at {tmp_path}/runs/mlflow.db"
+    )
+    assert errors[1].startswith("study.report: error: --tracking-uri sqlite:///")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlruns").exists()

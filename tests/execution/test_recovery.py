@@ -1,0 +1,115 @@
+"""Study storages: trials with no live owner, damaged study files."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import subprocess
+import sys
+
+import optuna
+import pytest
+from omegaconf import OmegaConf
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from study.core.errors import ConfigError
+from study.core.names import BASELINE_ATTR, MLFLOW_RUN_ATTR, WORKER_ATTR
+from study.execution.recovery import fail_ownerless_trials, has_no_live_owner
+from study.execution.storage import make_storage
+
+STUDY_CFG = OmegaConf.create({"heartbeat_interval": 5, "max_retry": 1, "storage": ""})
+X = {"x": optuna.distributions.FloatDistribution(0, 1)}
+
+
+def dead_pid() -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    return done.stdout.strip()
+
+
+def test_trials_without_a_live_owner_are_failed_and_retried_with_their_params(tmp_path):
+    journal = optuna.storages.journal.JournalFileBackend(str(tmp_path / "journal.log"))
+    study = optuna.create_study(study_name="s", storage=optuna.storages.JournalStorage(journal))
+    study.enqueue_trial({"x": 0.5}, user_attrs={BASELINE_ATTR: True})
+    dead = study.ask(X)  # the enqueued baseline, taken by a worker that died
+    dead.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{dead_pid()}")
+    dead.set_user_attr(MLFLOW_RUN_ATTR, "run-of-the-dead-attempt")
+    alive = study.ask(X)
+    alive.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
+    unowned = study.ask(X)  # a worker killed between study.ask() and recording itself
+    just_asked = study.ask(X)  # ... or a live one that is about to record itself
+
+    trials = study.get_trials()
+    later = datetime.datetime.now().timestamp() + 11  # past the 10 s grace period (2 heartbeats)
+    assert [has_no_live_owner(t, 10, now=later) for t in trials] == [True, False, True, True]
+    assert not has_no_live_owner(trials[just_asked.number], 10)
+
+    trials[unowned.number].datetime_start -= datetime.timedelta(seconds=30)
+    assert fail_ownerless_trials(study, STUDY_CFG, f"sqlite:///{tmp_path}/mlflow.db", trials) == 2
+
+    trials = study.get_trials()
+    assert trials[dead.number].state == TrialState.FAIL
+    assert trials[unowned.number].state == TrialState.FAIL
+    assert trials[alive.number].state == TrialState.RUNNING
+    assert trials[just_asked.number].state == TrialState.RUNNING
+    retries = {
+        RetryHeartbeatStaleTrialCallback.retried_trial_number(t): t
+        for t in trials
+        if t.state == TrialState.WAITING
+    }
+    assert set(retries) == {dead.number, unowned.number}
+    baseline = retries[dead.number]
+    assert baseline.system_attrs["fixed_params"] == trials[dead.number].params  # the same point again
+    assert baseline.user_attrs == {BASELINE_ATTR: True}  # still the baseline, without the dead attempt's run
+    # A second look finds nothing more to do: a trial is failed and retried once.
+    assert fail_ownerless_trials(study, STUDY_CFG, f"sqlite:///{tmp_path}/mlflow.db") == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [(b"", r"is empty \(0 bytes\)"), (b"garbage" * 100, "is not an Optuna SQLite database")],
+)
+def test_a_damaged_sqlite_study_file_is_refused_with_one_line(tmp_path, content, expected):
+    database = tmp_path / "optuna.db"
+    database.write_bytes(content)
+    os.utime(database, (1e9, 1e9))  # not one another driver is making right now
+    cfg = OmegaConf.create({**STUDY_CFG, "storage": f"sqlite:///{database}"})
+    with pytest.raises(ConfigError, match=expected) as caught:
+        make_storage(cfg, f"sqlite:///{tmp_path}/mlflow.db")
+    assert str(database) in str(caught.value) and "\n" not in str(caught.value)
+    assert database.read_bytes() == content  # never replaced
+
+
+def test_a_truncated_sqlite_study_file_is_refused_with_one_line(tmp_path):
+    database = tmp_path / "optuna.db"
+    url = f"sqlite:///{database}"
+    study = optuna.create_study(study_name="s", storage=url)
+    for _ in range(20):
+        study.enqueue_trial({"x": 0.1})
+    content = database.read_bytes()
+    database.write_bytes(content[: len(content) // 3])
+    cfg = OmegaConf.create({**STUDY_CFG, "storage": url})
+    with pytest.raises(ConfigError, match="cannot be opened as an Optuna study store") as caught:
+        storage = make_storage(cfg, f"sqlite:///{tmp_path}/mlflow.db")
+        optuna.load_study(study_name="s", storage=storage).get_trials()
+    assert str(database) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_recovery_on_an_in_memory_storage_fails_and_retries_a_dead_workers_trial():
+    """The rule needs nothing of a database: Optuna's in-memory storage gets the same recovery."""
+    study = optuna.create_study(study_name="memory", storage=optuna.storages.InMemoryStorage())
+    study.enqueue_trial({"x": 0.25})
+    orphan = study.ask(X)
+    study._storage.set_trial_user_attr(orphan._trial_id, WORKER_ATTR, f"{socket.gethostname()}:{dead_pid()}")
+    alive = study.ask(X)
+    study._storage.set_trial_user_attr(alive._trial_id, WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
+    cfg = OmegaConf.create({"heartbeat_interval": 5, "max_retry": 1, "storage": ":memory:"})
+    assert fail_ownerless_trials(study, cfg, "sqlite:///unused.db") == 1
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    assert states == [TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]
+    retry = study.get_trials(deepcopy=False)[2]
+    assert retry.params == {"x": 0.25} and WORKER_ATTR not in retry.user_attrs
+    assert RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == orphan.number
