@@ -152,7 +152,7 @@ RESOURCE_UNITS = ("epochs", "steps")
 
 @dataclass
 class AshaSchedulerConfig:
-    """Asynchronous successive halving with promotion (study/scheduler.py)."""
+    """Asynchronous successive halving with promotion (study/search/asha.py)."""
 
     name: str = "asha"
     # The first rung's budget, in resource_unit. auto: 1 epoch; with resource_unit=steps, the top

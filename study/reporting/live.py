@@ -29,9 +29,14 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from study.core.errors import short_error
 from study.core.names import METRIC, MLFLOW_RUN_ATTR
-from study.reporting.leaderboard import describe_config, format_value, space_targets, trial_config
+from study.reporting.leaderboard import (
+    describe_config,
+    format_value,
+    space_targets,
+    trial_config,
+    trial_error,
+)
 from study.search.asha import Ladder, is_promotion, rung_of
 from study.search.budget import TrialCounts
 from study.search.ranking import best_trial, trial_score
@@ -177,7 +182,7 @@ class StudyProgress:
             score_text = f"{score:.4f}" if score is not None else "-"
             line.append(f"  {METRIC} {score_text}  {took}  {values}")
         else:
-            line.append(f"failed: {short_error(trial)}", style="red")
+            line.append(f"failed: {trial_error(trial)}", style="red")
             line.append(f"  {took}  {values}")
         return line
 

@@ -50,7 +50,7 @@ from study.reporting.leaderboard import (
 )
 from study.tracking.runs import missing_local_store
 
-# MLflow run columns -> the shared leaderboard columns (study/leaderboard.py).
+# MLflow run columns -> the shared leaderboard columns (study/reporting/leaderboard.py).
 RUN_COLUMNS = {
     f"tags.{STUDY_NAME_TAG}": STUDY,
     f"tags.{TRIAL_NUMBER_TAG}": TRIAL,

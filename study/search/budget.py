@@ -1,14 +1,16 @@
-"""The one rule that says whether a study is done and whether this session should stop.
+"""The one rule that says whether a study is done, whether this session should stop, and
+whether a trial is needed: `Budget`, built once per process from the settings.
 
 The driver's progress loop, every worker before each trial and the driver's final check all
-ask `judge`, so they never disagree. Every failed trial of this session counts against
+ask `Budget.judge`, and every trial asks `Budget.surplus` when it starts, so they never
+disagree. Every failed trial of this session counts against
 `study.max_failed_trials`, whatever raised and where (a config error, an MLflow store that
 cannot be written, a dead worker), except a trial that ended at once because the study no
 longer needed it.
 
 With scheduler=asha (`ladder` given), study.n_trials counts configurations, not trials: the
 study is done when that many finished their first segment and no promotion is due, waiting or
-running (study/asha.py), and a worker may start a trial while a promotion is due, a trial
+running (study/search/asha.py), and a worker may start a trial while a promotion is due, a trial
 waits, or configurations are missing.
 """
 

@@ -123,8 +123,6 @@ def log_keras_model(
     Loadable with `mlflow.pyfunc.load_model` and servable with `mlflow models serve`."""
     import keras
 
-    from study.tracking.lineage import package_versions
-
     example = images[:INPUT_EXAMPLE_SIZE]
     signature = mlflow.models.infer_signature(example, model.predict(example, verbose=0))
     versions = package_versions()

@@ -14,13 +14,13 @@ import numpy as np
 from omegaconf import DictConfig
 
 from study.training.replay_config import write_replay_config
-from study.training.resume import earlier_val_accuracy
 
 if TYPE_CHECKING:
     import keras
 
     from study.tracking.runs import RunTracker
     from study.training.data import Dataset
+    from study.training.resume import StartingPoint
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -55,7 +55,7 @@ class Segment:
 
 def fit_and_evaluate(
     cfg: DictConfig,
-    model: keras.Model,
+    start_at: StartingPoint,
     dataset: Dataset,
     tracker: RunTracker,
     folder: Path,
@@ -81,12 +81,11 @@ def fit_and_evaluate(
     ]
     epoch_metrics = EpochMetrics(len(dataset.x_train), trainer.batch_size, sinks, on_epoch_end)
     steps_per_epoch = math.ceil(len(dataset.x_train) / trainer.batch_size)
-    first_step = trained_steps(model) if segment is not None else 0
-    earlier = earlier_val_accuracy(tracker, segment.label(first_step, steps_per_epoch)) if first_step else []
+    model, earlier = start_at.model, start_at.earlier
     callbacks = [
         epoch_metrics,
         # A resumed segment keeps the earlier segments' best.keras unless it beats it.
-        BestCheckpoint(checkpoints / "best.keras", max((v for _, v in earlier), default=None)),
+        BestCheckpoint(checkpoints / "best.keras", start_at.best_so_far),
     ]
     epochs = trainer.epochs
     if trainer.max_steps is not None and segment is None:
@@ -95,7 +94,7 @@ def fit_and_evaluate(
     start = time.perf_counter()
     try:
         if segment is not None:
-            fit_segment(model, dataset, trainer, callbacks, segment, first_step)
+            fit_segment(model, dataset, trainer, callbacks, segment, start_at.first_step)
         else:
             fit_run(model, dataset, trainer, callbacks, epochs)
     finally:
@@ -247,9 +246,3 @@ def seed_random_layers(model: keras.Model, seed: int, epoch: int, offset: int) -
     for index, state in enumerate(states):
         stream = int(np.random.default_rng([seed % 2**32, epoch, index]).integers(1, 2**31 - 1))
         state.assign(np.array([stream, offset], dtype=keras.backend.standardize_dtype(state.dtype)))
-
-
-def trained_steps(model: keras.Model) -> int:
-    import keras
-
-    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))

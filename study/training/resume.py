@@ -1,8 +1,10 @@
-"""Where a run that trains in segments stands, read back from its MLflow run: its last
-checkpoint (model and optimizer state) and the validation accuracies it logged so far."""
+"""Where a run that trains in segments stands, read back from its MLflow run once
+(`StartingPoint`): its last checkpoint (model and optimizer state) and the validation
+accuracies it logged so far."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,6 +12,7 @@ if TYPE_CHECKING:
     import keras
 
     from study.tracking.runs import RunTracker
+    from study.training.fit import Segment
 
 
 LAST_CHECKPOINT = "checkpoints/last.keras"  # model and optimizer state: where a segment resumes
@@ -45,3 +48,34 @@ def earlier_val_accuracy(tracker: RunTracker, up_to: int) -> list[tuple[int, flo
     history = tracker.client.get_metric_history(tracker.run_id, "val_accuracy")
     points = {metric.step: metric.value for metric in sorted(history, key=lambda m: m.timestamp)}
     return sorted((step, value) for step, value in points.items() if step <= up_to)
+
+
+def trained_steps(model: keras.Model) -> int:
+    import keras
+
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+
+
+@dataclass(frozen=True)
+class StartingPoint:
+    """Where a run's training starts, read once: its model, the optimizer steps it has already
+    trained, and the (metric step, val_accuracy) points it logged up to there. A new run, or a
+    first segment, starts from a compiled model at step 0 with nothing logged."""
+
+    model: keras.Model
+    first_step: int = 0
+    earlier: tuple[tuple[int, float], ...] = ()
+
+    @classmethod
+    def resumed(
+        cls, tracker: RunTracker, folder: Path, segment: Segment, steps_per_epoch: int
+    ) -> StartingPoint:
+        """The run's last checkpoint and its curve so far, from its MLflow run."""
+        model = load_last_checkpoint(tracker, folder)
+        first_step = trained_steps(model)
+        up_to = segment.label(first_step, steps_per_epoch)
+        return cls(model, first_step, tuple(earlier_val_accuracy(tracker, up_to)) if first_step else ())
+
+    @property
+    def best_so_far(self) -> float | None:
+        return max((value for _, value in self.earlier), default=None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +30,7 @@ from study.core.names import (
 )
 from study.training.data import Dataset, load_dataset
 from study.training.fit import EpochCallback, Segment, fit_and_evaluate
-from study.training.resume import best_checkpoint, load_last_checkpoint
+from study.training.resume import StartingPoint, best_checkpoint
 
 # Keras (and with it TensorFlow) and MLflow are imported where a run needs them, not here:
 # a typo on the command line is reported in about a second instead of after their start-up.
@@ -90,10 +91,14 @@ def train(
             if not resuming:  # the first segment logged the params; MLflow refuses to change them
                 log_run_description(tracker, cfg, dataset)
             backend.seed_everything(cfg.trainer.seed)
-            model = load_last_checkpoint(tracker, folder) if resuming else compile_model(cfg, dataset)
+            if resuming:
+                steps_per_epoch = math.ceil(len(dataset.x_train) / cfg.trainer.batch_size)
+                start_at = StartingPoint.resumed(tracker, folder, segment, steps_per_epoch)
+            else:
+                start_at = StartingPoint(compile_model(cfg, dataset))
             logdir = Path(tensorboard_dir) if tensorboard_dir is not None else folder / "tensorboard"
             metrics = fit_and_evaluate(
-                cfg, model, dataset, tracker, folder, logdir, on_epoch_end, evaluate_test, segment
+                cfg, start_at, dataset, tracker, folder, logdir, on_epoch_end, evaluate_test, segment
             )
             if evaluate_test:  # a run of its own (not a trial): its best model, ready to serve
                 best = keras.saving.load_model(best_checkpoint(tracker, folder))

@@ -149,7 +149,7 @@ def test_study_settings_are_checked(overrides, expected):
 REPLAY_CHECK = """
 import sys
 from omegaconf import OmegaConf
-from study.config.schema import checked_config
+from study.config import checked_config
 print(checked_config(OmegaConf.load(sys.argv[1])).model.name)
 """
 

@@ -16,6 +16,7 @@ from study import report, reproduce
 from study.core.names import WORKER_ATTR
 from study.execution.driver import run_sweep
 from study.search import asha
+from study.search.ranking import best_trial
 from tests.helpers import (
     all_runs,
     compose_config,
@@ -135,14 +136,14 @@ def test_asha_study_promotes_configurations_from_their_checkpoints(sweep_setup):
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 4 * STEPS_PER_EPOCH
 
     # The winner is the best of the highest rung; the leaderboard ranks by rung, then accuracy.
-    assert summary["best_trial"] == asha.best_trial(trials).number
-    assert asha.rung_of(asha.best_trial(trials)) == 2
+    assert summary["best_trial"] == best_trial(trials).number
+    assert asha.rung_of(best_trial(trials)) == 2
     board = pd.read_csv(tmp_path / "runs" / "studies" / "default" / "leaderboard.csv")
     assert list(board["rung"].iloc[: len(at_rung[2])]) == [2] * len(at_rung[2])
     assert board["trial"].iloc[0] == summary["best_trial"]
     assert board["role"].iloc[0].startswith("winner")
     # The winner's config.yaml replays its run as far as it went (three segments) in one go.
-    winner_run = asha.best_trial(trials).user_attrs["mlflow_run_id"]
+    winner_run = best_trial(trials).user_attrs["mlflow_run_id"]
     assert reproduce.main([winner_run, "--tracking-uri", f"sqlite:///{tmp_path / 'runs'}/mlflow.db"]) == 0
     # study.report shows the same table, from the stores.
     uri = f"sqlite:///{tmp_path / 'runs'}/mlflow.db"

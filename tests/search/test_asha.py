@@ -98,28 +98,28 @@ def ladder_for(*overrides, train_examples=55000):
 def test_ladder_defaults_to_the_trainer_budget_and_refuses_bad_combinations():
     assert ladder_for("trainer.epochs=9").budgets == (1, 3, 9)
     # 55,000 examples in batches of 50: 1,100 steps an epoch, 2 epochs.
-    steps = ladder_for("asha.resource_unit=steps", "asha.min_resource=100", "trainer.epochs=2")
+    steps = ladder_for("scheduler.resource_unit=steps", "scheduler.min_resource=100", "trainer.epochs=2")
     assert steps.budgets == (100, 300, 900, 2200) and steps.unit == "steps"
     # min_resource=auto: a first rung of about a third of an epoch, the others from the top down.
-    by_max_steps = ladder_for("asha.resource_unit=steps", "trainer.max_steps=900")
+    by_max_steps = ladder_for("scheduler.resource_unit=steps", "trainer.max_steps=900")
     assert by_max_steps.budgets == (300, 900)
-    nine_epochs = ladder_for("asha.resource_unit=steps", "trainer.epochs=9", "trainer.batch_size=100")
+    nine_epochs = ladder_for("scheduler.resource_unit=steps", "trainer.epochs=9", "trainer.batch_size=100")
     assert nine_epochs.budgets == (183, 550, 1650, 4950)
-    with pytest.raises(ConfigError, match=r"asha.max_resource: expected >= asha.min_resource"):
-        ladder_for("asha.min_resource=4", "trainer.epochs=3")
+    with pytest.raises(ConfigError, match=r"scheduler.max_resource: expected >= scheduler.min_resource"):
+        ladder_for("scheduler.min_resource=4", "trainer.epochs=3")
     with pytest.raises(ConfigError, match=r"^trainer.max_steps: scheduler=asha with resource_unit=epochs"):
         ladder_for("trainer.max_steps=100")
-    with pytest.raises(ConfigError, match=r"asha.brackets: expected at most the 3 rungs"):
-        ladder_for("trainer.epochs=9", "asha.brackets=4")
+    with pytest.raises(ConfigError, match=r"scheduler.brackets: expected at most the 3 rungs"):
+        ladder_for("trainer.epochs=9", "scheduler.brackets=4")
 
 
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
         (["pruner=median"], "pruner: expected none with scheduler=asha"),
-        (["asha.reduction_factor=1"], "asha.reduction_factor: expected an integer >= 2"),
-        (["asha.resource_unit=batches"], "asha.resource_unit: expected epochs or steps"),
-        (["asha.min_resource=0"], "asha.min_resource: expected 'auto' or an integer >= 1"),
+        (["scheduler.reduction_factor=1"], "scheduler.reduction_factor: expected an integer >= 2"),
+        (["scheduler.resource_unit=batches"], "scheduler.resource_unit: expected epochs or steps"),
+        (["scheduler.min_resource=0"], "scheduler.min_resource: expected 'auto' or an integer >= 1"),
     ],
 )
 def test_bad_scheduler_settings_are_one_line_errors(overrides, expected):
@@ -235,9 +235,9 @@ def test_the_winner_is_the_best_of_the_highest_rung():
     steady = trials.config(0.95)
     trials.config(0.1)
     promoted = trials.promotion(steady, 1, 0.96)
-    assert asha.best_trial(trials.all).number == promoted
+    assert ranking.best_trial(trials.all).number == promoted
     assert ranking.rank_key(trials.all[promoted]) > ranking.rank_key(trials.all[early])
-    assert asha.best_trial([]) is None
+    assert ranking.best_trial([]) is None
 
 
 def test_the_sampler_sees_each_configuration_once_ranked_by_rung_then_value():
@@ -334,7 +334,7 @@ def test_a_simulated_study_promotes_the_best_and_trains_nothing_twice(workers):
     assert at_rung[0] == 27 and 3 <= at_rung[1] <= 11 and 1 <= at_rung[2] <= at_rung[1] // 3 + 1
     best_config = max((t for t in trials if not asha.is_promotion(t)), key=lambda t: quality(t.params["lr"]))
     assert trained[best_config.number] == 9  # the best configuration reached the full budget
-    assert asha.config_of(asha.best_trial(trials)) == best_config.number
+    assert asha.config_of(ranking.best_trial(trials)) == best_config.number
     assert sum(trained.values()) < 27 * 9 / 3  # a third of training every configuration fully
 
 
@@ -362,7 +362,7 @@ def test_only_model_based_samplers_are_wrapped_under_asha():
 
 
 def test_the_budget_rule_counts_configurations_and_names_the_due_promotion():
-    """study/budget.py's one rule, with scheduler=asha: what the driver and the workers ask."""
+    """study/search/budget.py's one rule, with scheduler=asha: what the driver and the workers ask."""
     settings = OmegaConf.create({"study": {"n_trials": 3, "max_failed_trials": None}})
     trials = Trials()
     for value in (0.5, 0.9):
