@@ -1,18 +1,9 @@
-"""Optuna storage for a study, and what happens to trials whose worker is gone.
+"""Optuna storage for a study, opened once per process, never silently replaced.
 
 `study.storage` is an Optuna storage URL (SQLite, PostgreSQL, MySQL: an RDB storage with
-heartbeats) or a journal file path (for shared file systems; no heartbeat).
-
-A trial is safe from the moment it exists. A RUNNING trial with no live owner is failed and
-retried with the same parameters and user attributes (the enqueued baseline stays the
-baseline) by whichever process notices first: a driver starting or polling, or a worker
-between trials. "No live owner" is any of:
-- its heartbeat went stale (Optuna's own check, RDB storages);
-- its worker (`host:pid`, recorded right after the trial is asked for) was on this machine
-  and that process is gone;
-- it has no worker recorded and started more than a grace period ago: its process died
-  between `study.ask()` and the first thing the objective does.
-The storage decides atomically which process fails a trial, so a trial is retried once.
+heartbeats) or a journal file path (for shared file systems; no heartbeat). An RDB storage
+gets Optuna's heartbeat and the retry of a stale trial (`recovery.RetryWithSameParams`); a
+damaged or foreign file is refused with one line naming it.
 """
 
 from __future__ import annotations

@@ -1,13 +1,7 @@
-"""Leaderboards from the tracking store: `python -m study.report`.
-
-    python -m study.report --study default                 # one study's trials
-    python -m study.report --study cnn-lr --study default  # two studies side by side
-    python -m study.report --experiment study --markdown   # every run of an experiment
-
-Runs come from `mlflow.search_runs`; a study's trial states, values and sampled params from
-its Optuna storage (the one the study's parent run logged, or --storage). The table is
-printed and written as CSV (and Markdown with --markdown) under --output-dir.
-"""
+"""The tables of `python -m study.report`, from the tracking store: every run of an experiment,
+or a study's trials (states, values and sampled params from its Optuna storage, the one the
+study's parent run logged, or --storage; from MLflow alone when that cannot be opened), in the
+one leaderboard design."""
 
 from __future__ import annotations
 

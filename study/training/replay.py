@@ -1,16 +1,6 @@
-"""Replaying a tracked run: the config.yaml every run logs, and `study.reproduce`'s replay of it.
-
-Reproduce a tracked run by id: `python -m study.reproduce RUN_ID [--seeds N]`.
-
-The run's logged `config.yaml` is replayed in a fresh process with the documented command
-(`python -m study.train --config-path DIR --config-name config`), into a new run tagged
-`reproduction_of`. The original and reproduced metrics are printed side by side; the
-command exits 1 when they differ by more than `--tolerance`. Before training it refuses,
-unless `--force`, when the data or the package versions differ from the original's.
-
-`--seeds N` instead re-trains the config with N other seeds and logs the mean and standard
-deviation of validation and test accuracy on the original run: a good config or a lucky seed?
-"""
+"""Replaying a tracked run, for `python -m study.reproduce`: the run's config.yaml trained again
+in a fresh process with the documented command, the two runs' metrics side by side, the checks
+made before training (data digest, package versions), and re-training with other seeds."""
 
 from __future__ import annotations
 
