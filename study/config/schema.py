@@ -97,6 +97,24 @@ class RmspropConfig:
 
 # --- trainer and tracking -------------------------------------------------------------------
 
+MONITORS = ("val_accuracy", "val_loss")
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """Keras' EarlyStopping: the run stops when `monitor` has not improved by `min_delta` for
+    `patience` validations (epochs; with scheduler.resource_unit=steps a rung's end counts too).
+    The run still ends FINISHED, with its test evaluation and model, and logs `stopped_epoch`."""
+
+    patience: int | None = field(default=None, metadata=at_least(1, optional=True))  # null: off
+    monitor: str = field(
+        default="val_accuracy", metadata=must(" or ".join(MONITORS), lambda v: v in MONITORS)
+    )
+    min_delta: float = field(default=0.0, metadata=must("a number >= 0", lambda v: 0 <= v < float("inf")))
+    # A run trained in one fit ends with the weights of its best epoch (test set, last.keras);
+    # a run trained in segments keeps its last weights (its best is checkpoints/best.keras).
+    restore_best_weights: bool = True
+
 
 @dataclass
 class TrainerConfig:
@@ -121,6 +139,7 @@ class TrainerConfig:
     # same numbers (scheduler=asha trains its trials so). Under TensorFlow a run trained in one
     # fit draws each epoch's data order and dropout from (seed, epoch) too: the same numbers.
     resumable: bool = False
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 
 @dataclass

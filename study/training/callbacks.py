@@ -118,3 +118,36 @@ class StepBudget(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self._epoch * self.steps_per_epoch + batch + 1 >= self.max_steps:
             self.model.stop_training = True
+
+
+class EarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras' EarlyStopping for a run that may train in several fits (one per epoch, or a
+    segment resumed in another process): one state for all the fits of this process, starting
+    from the (step, value) points the run logged before, as if it had watched them."""
+
+    def __init__(self, cfg, earlier: tuple[tuple[int, float], ...] = (), restore_best_weights: bool = True):
+        super().__init__(
+            monitor=cfg.monitor,
+            min_delta=cfg.min_delta,
+            patience=cfg.patience,
+            mode="max" if cfg.monitor.endswith("accuracy") else "min",
+            restore_best_weights=restore_best_weights and cfg.restore_best_weights,
+        )
+        super().on_train_begin()
+        self._set_monitor_op()
+        for _, value in earlier:  # Keras' own rule, replayed over the logged curve
+            self.wait += 1
+            if self._is_improvement(value, self.best):
+                self.best, self.wait = value, 0
+
+    def on_train_begin(self, logs=None):
+        """Keras resets its state here; the next fit of the same run keeps counting instead."""
+
+    @property
+    def exhausted(self) -> bool:
+        """The run's earlier segments already used up the patience: nothing more to train."""
+        return self.wait >= self.patience
+
+    def on_train_end(self, logs=None):
+        if self.stopped_epoch > 0:  # only the fit that stopped the run restores its best weights
+            super().on_train_end(logs)

@@ -65,7 +65,7 @@ def fit_and_evaluate(
     segment: Segment | None = None,
 ) -> dict[str, float]:
     from study.tracking.tensorboard import ScalarWriter
-    from study.training.callbacks import BestCheckpoint, EpochMetrics, StepBudget
+    from study.training.callbacks import BestCheckpoint, EarlyStopping, EpochMetrics, StepBudget
 
     trainer = cfg.trainer
     config_file = write_replay_config(cfg, folder / "config.yaml", tracker.run_id)
@@ -87,6 +87,12 @@ def fit_and_evaluate(
         # A resumed segment keeps the earlier segments' best.keras unless it beats it.
         BestCheckpoint(checkpoints / "best.keras", start_at.best_so_far),
     ]
+    early = None
+    if trainer.early_stopping.patience is not None:  # after the metrics: a pruned trial stops first
+        early = EarlyStopping(
+            trainer.early_stopping, start_at.monitored, restore_best_weights=segment is None
+        )
+        callbacks.append(early)
     epochs = trainer.epochs
     if trainer.max_steps is not None and segment is None:
         epochs = math.ceil(trainer.max_steps / steps_per_epoch)
@@ -111,6 +117,8 @@ def fit_and_evaluate(
             dataset.x_test, dataset.y_test, batch_size=trainer.eval_batch_size, verbose=0
         )
         test_metrics = {"test_loss": float(test_loss), "test_accuracy": float(test_accuracy)}
+    if early is not None and early.stopped_epoch > 0:  # Keras counts epochs from 0
+        test_metrics["stopped_epoch"] = float(early.stopped_epoch + 1)
     return summarize(epoch_metrics.history, test_metrics, train_seconds, tracker, labels, earlier)
 
 
@@ -209,6 +217,8 @@ def fit_segment(
             f"the run's last checkpoint is at step {first_step}; the segment starts at {start}"
         )
     step = first_step
+    if any(getattr(callback, "exhausted", False) for callback in callbacks):
+        return  # early stopping ended the run in an earlier segment
     while step < stop:
         epoch, offset = divmod(step, steps_per_epoch)
         end = min(stop, (epoch + 1) * steps_per_epoch)
@@ -227,6 +237,8 @@ def fit_segment(
             verbose=trainer.verbose,
         )
         step = end
+        if model.stop_training:  # early stopping
+            break
 
 
 def epoch_order(seed: int, epoch: int, size: int) -> np.ndarray:

@@ -39,13 +39,13 @@ def best_checkpoint(tracker: RunTracker, folder: Path) -> Path:
     return Path(tracker.client.download_artifacts(tracker.run_id, "checkpoints/best.keras", str(destination)))
 
 
-def earlier_val_accuracy(tracker: RunTracker, up_to: int) -> list[tuple[int, float]]:
-    """The (step, val_accuracy) points the run logged up to metric step `up_to`, in order.
+def earlier_points(tracker: RunTracker, key: str, up_to: int) -> list[tuple[int, float]]:
+    """The (step, value) points of metric `key` the run logged up to metric step `up_to`, in order.
 
     Points past it come from an attempt that died before its segment ended; the retry logs
     them again, with the same values (training is deterministic).
     """
-    history = tracker.client.get_metric_history(tracker.run_id, "val_accuracy")
+    history = tracker.client.get_metric_history(tracker.run_id, key)
     points = {metric.step: metric.value for metric in sorted(history, key=lambda m: m.timestamp)}
     return sorted((step, value) for step, value in points.items() if step <= up_to)
 
@@ -59,22 +59,34 @@ def trained_steps(model: keras.Model) -> int:
 @dataclass(frozen=True)
 class StartingPoint:
     """Where a run's training starts, read once: its model, the optimizer steps it has already
-    trained, and the (metric step, val_accuracy) points it logged up to there. A new run, or a
-    first segment, starts from a compiled model at step 0 with nothing logged."""
+    trained, the (metric step, val_accuracy) points it logged up to there, and those of the
+    metric early stopping watches. A new run, or a first segment, starts from a compiled model
+    at step 0 with nothing logged."""
 
     model: keras.Model
     first_step: int = 0
     earlier: tuple[tuple[int, float], ...] = ()
+    monitored: tuple[tuple[int, float], ...] = ()
 
     @classmethod
     def resumed(
-        cls, tracker: RunTracker, folder: Path, segment: Segment, steps_per_epoch: int
+        cls,
+        tracker: RunTracker,
+        folder: Path,
+        segment: Segment,
+        steps_per_epoch: int,
+        monitor: str | None = None,
     ) -> StartingPoint:
-        """The run's last checkpoint and its curve so far, from its MLflow run."""
+        """The run's last checkpoint and its curves so far, from its MLflow run."""
         model = load_last_checkpoint(tracker, folder)
         first_step = trained_steps(model)
+        if not first_step:
+            return cls(model)
         up_to = segment.label(first_step, steps_per_epoch)
-        return cls(model, first_step, tuple(earlier_val_accuracy(tracker, up_to)) if first_step else ())
+        earlier = tuple(earlier_points(tracker, "val_accuracy", up_to))
+        if monitor is None or monitor == "val_accuracy":
+            return cls(model, first_step, earlier, earlier if monitor else ())
+        return cls(model, first_step, earlier, tuple(earlier_points(tracker, monitor, up_to)))
 
     @property
     def best_so_far(self) -> float | None:

@@ -93,7 +93,8 @@ def train(
             backend.seed_everything(cfg.trainer.seed)
             if resuming:
                 steps_per_epoch = math.ceil(len(dataset.x_train) / cfg.trainer.batch_size)
-                start_at = StartingPoint.resumed(tracker, folder, segment, steps_per_epoch)
+                monitor = cfg.trainer.early_stopping.monitor if cfg.trainer.early_stopping.patience else None
+                start_at = StartingPoint.resumed(tracker, folder, segment, steps_per_epoch, monitor)
             else:
                 start_at = StartingPoint(compile_model(cfg, dataset))
             logdir = Path(tensorboard_dir) if tensorboard_dir is not None else folder / "tensorboard"
