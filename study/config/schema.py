@@ -32,12 +32,20 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # Keras dtype polic
 # --- data -----------------------------------------------------------------------------------
 
 
+DOWNLOADABLE_DATA = ("mnist", "fashion_mnist", "cifar10", "cifar100")  # keras.datasets
+BUNDLED_DATA = ("digits",)  # scikit-learn's 8x8 digits, offline
+
+
 @dataclass
 class DataConfig:
-    name: str = MISSING  # mnist | fashion_mnist | digits
-    path: str | None = None  # local folder of IDX .gz files or a Keras-format .npz
+    # What the data set is called in MLflow; without data.path, one of DOWNLOADABLE_DATA or digits.
+    name: str = field(default=MISSING, metadata=must("a non-empty name", lambda v: bool(v.strip())))
+    # A local folder of IDX files or of images in class subfolders, or a Keras-format .npz.
+    path: str | None = None
     validation_size: int = field(default=5000, metadata=at_least(1))  # carved with trainer.seed
     max_train_samples: int | None = field(default=None, metadata=at_least(1, optional=True))
+    # Classes 0..num_classes-1; null: one more than the largest label found.
+    num_classes: int | None = field(default=None, metadata=at_least(2, optional=True))
 
 
 # --- models ---------------------------------------------------------------------------------
@@ -173,9 +181,11 @@ class SweepConfig(TrainConfig, SweepStudyPart):
     """The primary schema of `conf/sweep.yaml`: the train config plus the study part."""
 
 
-# Group option name -> schema. `checked_config` picks the schema from the node's `name`.
+# The config groups a search-space entry may pick an option of (`model: {type: categorical, ...}`).
+GROUPS = ("data", "model", "optimizer")
+# Group option name -> schema. `checked_config` picks the schema from the node's `name`; every
+# data set shares DataConfig (TrainConfig.data types it).
 SCHEMAS: dict[str, dict[str, type]] = {
-    "data": {"mnist": DataConfig, "fashion_mnist": DataConfig, "digits": DataConfig},
     "model": {"softmax": SoftmaxConfig, "mlp": MlpConfig, "cnn": CnnConfig},
     "optimizer": {"sgd": SgdConfig, "adam": AdamConfig, "rmsprop": RmspropConfig},
 }

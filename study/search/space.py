@@ -20,10 +20,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from study.config.checks import checked_config
 from study.config.compose import Composer
-from study.config.schema import SCHEMAS
+from study.config.schema import GROUPS, SCHEMAS
 from study.core.errors import ConfigError, describe_error
 
-GROUPS = tuple(SCHEMAS)  # data, model, optimizer: entries with these names pick an option
 TYPES = ("categorical", "float", "int")
 _NOT_FOUND = object()
 
@@ -141,9 +140,10 @@ class SearchSpace:
                 if key in searched:
                     unknown = [value for value in values if not searched[key].contains(value)]
                     takes = searched[key].describe_values()
-                elif key in GROUPS:
-                    unknown = [value for value in values if value not in SCHEMAS[key]]
-                    takes = ", ".join(sorted(SCHEMAS[key]))
+                elif key in GROUPS:  # the built-in options, and the base config's own (a user's model)
+                    options = {*SCHEMAS.get(key, ()), OmegaConf.select(base, f"{key}.name")}
+                    unknown = [value for value in values if value not in options] if key != "data" else []
+                    takes = ", ".join(sorted(str(option) for option in options))
                 elif OmegaConf.select(base, key, default=_NOT_FOUND) is _NOT_FOUND:
                     raise ConfigError(
                         f"{where}: {key!r} is not a key of the config; expected a searched key, a config "

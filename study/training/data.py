@@ -1,10 +1,11 @@
-"""Data sets: loading (Keras download, local IDX folder or .npz, scikit-learn digits), checking
-what was loaded, the seeded validation split, and a digest of exactly the arrays a run trains
-and evaluates on.
+"""Data sets: loading (Keras download, a local IDX folder, a folder of images in class
+subfolders, a .npz, scikit-learn digits), checking what was loaded, the seeded validation
+split, and a digest of exactly the arrays a run trains and evaluates on.
 
-Whatever the source, the arrays are checked before a run exists: integer pixels 0..255,
-integer labels 0..9, train and test images of one shape, no empty split. A bad file stops
-the command with one line naming it.
+Whatever the source, the arrays are checked before a run exists: images (N, height, width) or
+(N, height, width, channels) of integer pixels 0..255, integer labels 0..K-1 (K from
+`data.num_classes`, else from the labels), train and test images of one shape, no empty
+split. A bad file stops the command with one line naming it.
 
 A worker process loads a data set once: `load_dataset` caches by its arguments, so the trials
 of a sweep share one copy in memory.
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
+from study.config.schema import DOWNLOADABLE_DATA
 from study.core.errors import ConfigError
 
 # Standard IDX file names of the MNIST family, as published.
@@ -34,15 +36,16 @@ IDX_FILES = {
 }
 NPZ_KEYS = tuple(IDX_FILES)
 IDX_UBYTE = 0x08
-DIGITS_TEST_FRACTION = 0.2
-DIGITS_TEST_SEED = 0  # the digits test set never moves with trainer.seed
-NUM_CLASSES = 10  # digits and clothes: the mnist, fashion_mnist and digits data sets
+TEST_FRACTION = 0.2  # of a data set that comes in one piece (digits, an image folder)
+TEST_SEED = 0  # such a test set never moves with trainer.seed
 MAX_PIXEL = 255
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Images as float32 in [0, 1] with a channel axis (N, H, W, 1); labels as int32."""
+    """Images as float32 in [0, 1] with a channel axis (N, H, W, C); labels as int32 in
+    0..num_classes-1."""
 
     name: str
     source: str
@@ -53,14 +56,11 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     digest: str
+    num_classes: int
 
     @property
     def image_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
-
-    @property
-    def num_classes(self) -> int:
-        return int(max(self.y_train.max(), self.y_val.max(), self.y_test.max())) + 1
 
 
 def load_dataset(data_cfg: DictConfig, seed: int) -> Dataset:
@@ -70,6 +70,7 @@ def load_dataset(data_cfg: DictConfig, seed: int) -> Dataset:
         data_cfg.path,
         data_cfg.validation_size,
         data_cfg.max_train_samples,
+        data_cfg.get("num_classes"),
         seed,
         _files_fingerprint(data_cfg.path),
     )
@@ -79,9 +80,9 @@ def _files_fingerprint(path: str | None) -> tuple:
     """Size and modification time of local data files: a changed file is read again."""
     if path is None or not Path(path).exists():
         return ()
-    files = [Path(path)] if Path(path).is_file() else sorted(Path(path).iterdir())
+    files = [Path(path)] if Path(path).is_file() else sorted(Path(path).rglob("*"))
     return tuple(
-        (file.name, file.stat().st_size, file.stat().st_mtime_ns) for file in files if file.is_file()
+        (str(file), file.stat().st_size, file.stat().st_mtime_ns) for file in files if file.is_file()
     )
 
 
@@ -91,11 +92,12 @@ def _load_dataset(
     path: str | None,
     validation_size: int,
     max_train_samples: int | None,
+    num_classes: int | None,
     seed: int,
     fingerprint: tuple,
 ) -> Dataset:
     raw, source, names = _read_raw(name, path)
-    check_arrays(raw, names)
+    num_classes = check_arrays(raw, names, num_classes)
     x_train, y_train, x_val, y_val = _split_validation(raw["x_train"], raw["y_train"], validation_size, seed)
     if max_train_samples is not None:
         x_train, y_train = x_train[:max_train_samples], y_train[:max_train_samples]
@@ -105,7 +107,7 @@ def _load_dataset(
     y_train, y_val, y_test = (y.astype("int32") for y in (y_train, y_val, raw["y_test"]))
     for array in (x_train, y_train, x_val, y_val, x_test, y_test):
         array.flags.writeable = False  # shared between the trials of a worker
-    return Dataset(name, source, x_train, y_train, x_val, y_val, x_test, y_test, digest)
+    return Dataset(name, source, x_train, y_train, x_val, y_val, x_test, y_test, digest, num_classes)
 
 
 def _read_raw(name: str, path: str | None) -> tuple[dict[str, np.ndarray], str, dict[str, str]]:
@@ -115,7 +117,7 @@ def _read_raw(name: str, path: str | None) -> tuple[dict[str, np.ndarray], str, 
             raise ConfigError("data.path: not used with data=digits (it ships with scikit-learn)")
         folder = Path(path)
         raw = _read_local(folder)
-        if folder.is_dir():
+        if folder.is_dir() and _idx_file(folder, "x_train") is not None:
             names = {key: f"data file {_idx_file(folder, key)}" for key in IDX_FILES}
         else:
             names = {key: f"data.path: {folder}: {key}" for key in NPZ_KEYS}
@@ -123,30 +125,40 @@ def _read_raw(name: str, path: str | None) -> tuple[dict[str, np.ndarray], str, 
     names = {key: f"data={name}: {key}" for key in NPZ_KEYS}
     if name == "digits":
         return _read_digits(), "sklearn.datasets.load_digits", names
+    if name not in DOWNLOADABLE_DATA:
+        raise ConfigError(
+            f"data.name: {name!r} is not one keras.datasets downloads ({', '.join(DOWNLOADABLE_DATA)}) "
+            "nor digits; set data.path to your own data (a .npz, an IDX folder or class subfolders)"
+        )
     return _download(name), f"keras.datasets.{name}", names
 
 
-def check_arrays(raw: dict[str, np.ndarray], names: dict[str, str]) -> None:
+def check_arrays(raw: dict[str, np.ndarray], names: dict[str, str], num_classes: int | None = None) -> int:
     """Refuse arrays a model cannot train on correctly, naming the file; they would otherwise
-    train without a word (labels out of range, float images scaled twice) or fail late."""
+    train without a word (labels out of range, float images scaled twice) or fail late.
+    Returns the number of classes: `num_classes`, or one more than the largest label."""
     for split in ("train", "test"):
         images_key, labels_key = f"x_{split}", f"y_{split}"
         images, labels = raw[images_key], raw[labels_key]
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        if images.ndim not in (3, 4) or labels.ndim != 1 or len(images) != len(labels):
             raise ConfigError(
                 f"{names[images_key]}: {split} images {images.shape} and labels {labels.shape} "
-                "do not match; expected (N, height, width) and (N,)"
+                "do not match; expected (N, height, width) or (N, height, width, channels) and (N,)"
             )
         if len(images) == 0:
             raise ConfigError(f"{names[images_key]}: expected at least one {split} example, got none")
         _check_pixels(images, names[images_key])
-        _check_labels(labels, names[labels_key])
+        _check_labels(labels, names[labels_key], num_classes)
     train_shape, test_shape = raw["x_train"].shape[1:], raw["x_test"].shape[1:]
     if train_shape != test_shape:
         raise ConfigError(
             f"{names['x_test']}: expected test images of the training images' shape {train_shape}, "
             f"got {test_shape}"
         )
+    found = int(max(raw["y_train"].max(), raw["y_test"].max())) + 1
+    if num_classes is None and found < 2:
+        raise ConfigError(f"{names['y_train']}: expected at least 2 classes, got labels of 1")
+    return num_classes if num_classes is not None else found
 
 
 def _check_pixels(images: np.ndarray, name: str) -> None:
@@ -162,27 +174,33 @@ def _check_pixels(images: np.ndarray, name: str) -> None:
         raise ConfigError(f"{name}: expected pixel values 0..{MAX_PIXEL}, got values in [{low}, {high}]")
 
 
-def _check_labels(labels: np.ndarray, name: str) -> None:
+def _check_labels(labels: np.ndarray, name: str, num_classes: int | None) -> None:
+    expected = f"0..{num_classes - 1} (data.num_classes)" if num_classes else "0..K-1"
     if not np.issubdtype(labels.dtype, np.integer):
-        raise ConfigError(f"{name}: expected integer class labels 0..{NUM_CLASSES - 1}, got {labels.dtype}")
-    outside = np.unique(labels[(labels < 0) | (labels >= NUM_CLASSES)])
+        raise ConfigError(f"{name}: expected integer class labels {expected}, got {labels.dtype}")
+    outside = np.unique(labels[(labels < 0) | (labels >= (num_classes or np.iinfo(np.int64).max))])
     if len(outside):
         shown = ", ".join(str(int(label)) for label in outside[:5]) + (", ..." if len(outside) > 5 else "")
-        raise ConfigError(f"{name}: expected class labels 0..{NUM_CLASSES - 1}, got {shown}")
+        raise ConfigError(f"{name}: expected class labels {expected}, got {shown}")
 
 
 def _download(name: str) -> dict[str, np.ndarray]:
     import keras  # imported here: loading local files must not pay for the backend start-up
 
-    loaders = {"mnist": keras.datasets.mnist, "fashion_mnist": keras.datasets.fashion_mnist}
     try:
-        (x_train, y_train), (x_test, y_test) = loaders[name].load_data()
+        (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, name).load_data()
     except Exception as error:  # no network, a proxy, a truncated cache file
         raise ConfigError(
             f"data.name={name}: download through keras.datasets failed ({error}); "
             "set data.path to a local folder of IDX files or a .npz"
         ) from error
-    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+    # CIFAR's labels come as (N, 1).
+    return {
+        "x_train": x_train,
+        "y_train": y_train.reshape(-1),
+        "x_test": x_test,
+        "y_test": y_test.reshape(-1),
+    }
 
 
 def _read_digits() -> dict[str, np.ndarray]:
@@ -192,8 +210,13 @@ def _read_digits() -> dict[str, np.ndarray]:
     # The 8x8 images hold 0..16; stretch them to the 0..255 range of the other data sets.
     images = np.clip(digits.images * 16, 0, 255).astype("uint8")
     labels = digits.target.astype("uint8")
-    order = np.random.default_rng(DIGITS_TEST_SEED).permutation(len(images))
-    n_test = int(len(images) * DIGITS_TEST_FRACTION)
+    return _split_test(images, labels)
+
+
+def _split_test(images: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """A fixed test set (TEST_FRACTION, drawn with TEST_SEED) for data that comes in one piece."""
+    order = np.random.default_rng(TEST_SEED).permutation(len(images))
+    n_test = max(1, int(len(images) * TEST_FRACTION))
     test, train = order[:n_test], order[n_test:]
     return {
         "x_train": images[train],
@@ -205,8 +228,14 @@ def _read_digits() -> dict[str, np.ndarray]:
 
 def _read_local(path: Path) -> dict[str, np.ndarray]:
     if not path.exists():
-        raise ConfigError(f"data.path: {path} does not exist; expected a folder of IDX files or a .npz")
-    return _read_npz(path) if path.is_file() else _read_idx_folder(path)
+        raise ConfigError(
+            f"data.path: {path} does not exist; expected a folder of IDX files or class subfolders, or a .npz"
+        )
+    if path.is_file():
+        return _read_npz(path)
+    if _idx_file(path, "x_train") is None and any(child.is_dir() for child in path.iterdir()):
+        return _read_image_folder(path)
+    return _read_idx_folder(path)
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -290,4 +319,64 @@ def _digest(arrays: list[np.ndarray]) -> str:
 
 
 def _as_float_images(images: np.ndarray) -> np.ndarray:
-    return (images.astype("float32") / 255.0)[..., np.newaxis]
+    scaled = images.astype("float32") / 255.0
+    return scaled[..., np.newaxis] if scaled.ndim == 3 else scaled
+
+
+def _read_image_folder(folder: Path) -> dict[str, np.ndarray]:
+    """Images in class subfolders, as `keras.utils.image_dataset_from_directory` reads them
+    (labels by class folder name, in sorted order): `train/` and `test/` with the same class
+    folders, or the class folders alone (then TEST_FRACTION of them is the fixed test set)."""
+    splits = {split: folder / split for split in ("train", "test")}
+    if all(path.is_dir() for path in splits.values()):
+        classes = _class_folders(splits["train"])
+        if _class_folders(splits["test"]) != classes:
+            raise ConfigError(
+                f"data.path: {splits['test']}: expected the class folders of train/ ({', '.join(classes)})"
+            )
+        train_images, train_labels = _read_classes(splits["train"], classes)
+        test_images, test_labels = _read_classes(splits["test"], classes)
+        return {
+            "x_train": train_images,
+            "y_train": train_labels,
+            "x_test": test_images,
+            "y_test": test_labels,
+        }
+    classes = _class_folders(folder)
+    return _split_test(*_read_classes(folder, classes))
+
+
+def _class_folders(folder: Path) -> list[str]:
+    classes = sorted(child.name for child in folder.iterdir() if child.is_dir())
+    if len(classes) < 2:
+        raise ConfigError(
+            f"data.path: {folder}: expected a subfolder of images per class (2 or more), got {classes}"
+        )
+    return classes
+
+
+def _read_classes(folder: Path, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image, UnidentifiedImageError
+
+    images, labels, shape = [], [], None
+    for label, name in enumerate(classes):
+        files = sorted(f for f in (folder / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        for file in files:
+            try:
+                with Image.open(file) as image:
+                    pixels = np.asarray(image.convert("L" if image.mode in ("1", "L", "I;16") else "RGB"))
+            except (OSError, UnidentifiedImageError) as error:
+                raise ConfigError(f"data file {file}: not a readable image ({error})") from None
+            if shape is None:
+                shape = pixels.shape
+            elif pixels.shape != shape:
+                raise ConfigError(
+                    f"data file {file}: expected images of one size {shape}, got {pixels.shape}"
+                )
+            images.append(pixels)
+            labels.append(label)
+    if not images:
+        raise ConfigError(
+            f"data.path: {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in its class folders"
+        )
+    return np.stack(images).astype("uint8"), np.asarray(labels, dtype="int32")
