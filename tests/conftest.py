@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
-from study.training.data import IDX_FILES, write_idx
+from study.training.data_files import IDX_FILES, write_idx
 from tests.helpers import (
     TINY_MODEL_OVERRIDES,
     TINY_SIZES,

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from study.config.fields import CHECK, MACHINE_CHECK
+from study.config.probes import import_builder
 from study.config.schema import SCHEMAS, TrainConfig
 from study.config.study_schema import SWEEP_KEYS, SWEEP_SCHEMAS, SweepStudyPart
 from study.core.errors import ConfigError, describe_omegaconf_error
@@ -56,6 +57,10 @@ def _typed_groups(plain: dict, schemas: dict[str, dict[str, type]]) -> dict:
         if not isinstance(node, dict):
             raise ConfigError(f"{group}: expected a config group with a 'name', got {node!r}")
         name = node.get("name")
+        if group == "model" and "builder" in node:  # the user's model: its keys are its own
+            import_builder(str(node["builder"]))
+            typed[group] = OmegaConf.create(node)
+            continue
         if name not in options:
             raise ConfigError(f"{group}.name: expected one of {sorted(options)}, got {name!r}")
         try:

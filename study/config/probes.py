@@ -1,5 +1,6 @@
 """What a config value points at, probed without starting a backend or writing anything:
-storage and tracking URLs (parsed, their files and folders looked at) and this machine's GPUs.
+storage and tracking URLs (parsed, their files and folders looked at), this machine's GPUs, and
+the user's model builder (`model.builder`, imported the way `python -m` imports a module).
 
 Each `*_problem` function returns what was expected, or None when the value is usable; the
 schema declares them on its fields, so a bad value fails as any other range check.
@@ -7,11 +8,19 @@ schema declares them on its fields, so a bad value fails as any other range chec
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.util
 import os
 import re
 import subprocess
+import sys
+import types
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
+
+from study.core.errors import ConfigError
 
 # scheme: at the start of a value: a URL, never a file path (`sqlite:/x` is a broken URL).
 URL_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
@@ -163,3 +172,61 @@ def _machine_gpus() -> tuple[dict[int, str], str]:
     if NVIDIA_PROC_DIR.is_dir():
         return {index: "" for index in range(len(list(NVIDIA_PROC_DIR.iterdir())))}, str(NVIDIA_PROC_DIR)
     return {}, "no nvidia-smi and no NVIDIA driver found"
+
+
+BUILDER_FORM = "'module:function' or 'path/to/file.py:function'"
+
+
+def import_builder(path: str) -> Callable:
+    """The user's model builder named by `model.builder`: `my_models:tiny_cnn` (a module found
+    from the working directory, as `python -m` finds it) or `models/my_models.py:tiny_cnn`.
+    Anything that keeps it from being called raises ConfigError naming the key."""
+    module_name, _, attribute = path.rpartition(":")
+    if not module_name or not attribute.isidentifier():
+        raise ConfigError(f"model.builder: expected {BUILDER_FORM}, got {path!r}")
+    try:
+        module = _import_user_module(module_name)
+    except ConfigError:
+        raise
+    except Exception as error:  # the user's code raised while importing
+        raise ConfigError(
+            f"model.builder: {path}: importing {module_name} failed ({type(error).__name__}: {error})"
+        ) from None
+    builder = getattr(module, attribute, None)
+    if builder is None:
+        raise ConfigError(f"model.builder: {path}: {module_name} has no {attribute!r}")
+    if not callable(builder):
+        raise ConfigError(f"model.builder: {path}: expected a function, got {type(builder).__name__}")
+    return builder
+
+
+def builder_source_digest(path: str) -> str:
+    """sha256 of the source file of the builder's module: a replay refuses a changed one."""
+    module = _import_user_module(path.rpartition(":")[0])
+    source = getattr(module, "__file__", None)
+    return "sha256:" + hashlib.sha256(Path(source).read_bytes()).hexdigest() if source else ""
+
+
+def _import_user_module(name: str) -> types.ModuleType:
+    if name.endswith(".py"):
+        file = Path(name).resolve()
+        if not file.is_file():
+            raise ConfigError(f"model.builder: {name} is not a file")
+        module_name = f"study_user_model_{hashlib.sha256(str(file).encode()).hexdigest()[:12]}"
+        if module_name in sys.modules:
+            return sys.modules[module_name]
+        spec = importlib.util.spec_from_file_location(module_name, file)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+        return module
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` does: the user's modules beside their conf/
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        if error.name != name.split(".")[0] and error.name != name:
+            raise
+        raise ConfigError(
+            f"model.builder: no module {name!r} importable from {os.getcwd()} (expected {BUILDER_FORM})"
+        ) from None

@@ -53,6 +53,8 @@ DATA_NAME_TAG = "data.name"
 DATA_SOURCE_TAG = "data.source"
 DATA_DIGEST_TAG = "data.digest"
 DATA_EXAMPLES_TAG = "data.train_examples"
+DATA_CLASSES_TAG = "data.num_classes"
+MODEL_SOURCE_TAG = "model.source_digest"  # the user's model (model.builder): sha256 of its module
 VERSION_TAG_PREFIX = "versions."  # versions.keras, versions.tensorflow, ...
 
 # Replays and reproductions.

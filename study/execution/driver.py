@@ -60,7 +60,11 @@ def run_sweep(
     overrides = list(overrides or [])
     settings, base = checked_sweep_config(cfg), checked_config(cfg)
     check_on_this_machine(settings)  # study.gpus: the GPUs this machine has
-    load_dataset(base.data, base.trainer.seed)  # a missing or corrupt file fails here, not in trials
+    dataset = load_dataset(base.data, base.trainer.seed)  # a missing or corrupt file fails here
+    if "builder" in base.model:  # the user's model, built once: a bad builder writes nothing
+        from study.training.models import build_model
+
+        build_model(base.model, dataset.image_shape, dataset.num_classes)
     compose_with = sweep_composer(str(config_dir), config_name, overrides)
     space = SearchSpace(settings.search_space)
     space.check_against(compose_with)

@@ -1,4 +1,5 @@
-"""The three classic MNIST-tutorial models, in Keras 3. Each outputs logits.
+"""The three classic MNIST-tutorial models, in Keras 3, and the user's own (`model.builder`).
+Each outputs logits.
 
 The logits layer computes in float32 under every dtype policy: with mixed precision the
 softmax cross-entropy stays numerically stable (the Keras mixed-precision guide's advice).
@@ -14,6 +15,9 @@ from collections.abc import Callable
 import keras
 from keras import layers
 from omegaconf import DictConfig
+
+from study.config.probes import import_builder
+from study.core.errors import ConfigError
 
 
 def build_softmax(cfg: DictConfig, image_shape: tuple[int, ...], num_classes: int) -> keras.Model:
@@ -70,4 +74,19 @@ MODELS: dict[str, Callable[[DictConfig, tuple[int, ...], int], keras.Model]] = {
 
 
 def build_model(cfg: DictConfig, image_shape: tuple[int, ...], num_classes: int) -> keras.Model:
-    return MODELS[cfg.name](cfg, image_shape, num_classes)
+    """One of the built-in models, or the user's (`model.builder`), checked to be a Keras model
+    that outputs a logit per class."""
+    if "builder" not in cfg:
+        return MODELS[cfg.name](cfg, image_shape, num_classes)
+    model = import_builder(cfg.builder)(cfg, image_shape, num_classes)
+    if not isinstance(model, keras.Model):
+        raise ConfigError(
+            f"model.builder: {cfg.builder} returned {type(model).__name__}; expected a keras.Model"
+        )
+    outputs = tuple(model.output_shape) if hasattr(model, "output_shape") else None
+    if outputs is not None and outputs[-1] != num_classes:
+        raise ConfigError(
+            f"model.builder: {cfg.builder} returned a model with outputs {outputs}; expected "
+            f"{num_classes} logits per image (its num_classes argument)"
+        )
+    return model

@@ -16,8 +16,10 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from omegaconf import DictConfig, OmegaConf
 
+from study.config.probes import builder_source_digest
 from study.core.names import (
     DATA_DIGEST_TAG,
+    MODEL_SOURCE_TAG,
     SEED_VARIANCE_OF_TAG,
     SEED_VARIANCE_PREFIX,
     SEED_VARIANCE_SEED_TAG,
@@ -50,6 +52,12 @@ def differences_before_training(original: Run, cfg: DictConfig) -> list[str]:
         problems.append(
             f"the data differ from the original run's (data.digest {digest} != logged {logged_digest}, "
             f"data.path={cfg.data.path})"
+        )
+    logged_source = original.data.tags.get(MODEL_SOURCE_TAG)
+    if logged_source and "builder" in cfg.model and builder_source_digest(cfg.model.builder) != logged_source:
+        problems.append(
+            f"the model's module changed since the original run (model.builder={cfg.model.builder}, "
+            f"{MODEL_SOURCE_TAG} {builder_source_digest(cfg.model.builder)} != logged {logged_source})"
         )
     current = package_versions()
     changed = [

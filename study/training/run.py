@@ -18,13 +18,16 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig, OmegaConf
 
 from study.config.checks import checked_config
+from study.config.probes import builder_source_digest
 from study.core.names import (
     BACKEND_TAG,
+    DATA_CLASSES_TAG,
     DATA_DIGEST_TAG,
     DATA_EXAMPLES_TAG,
     DATA_NAME_TAG,
     DATA_SOURCE_TAG,
     DEVICE_TAG,
+    MODEL_SOURCE_TAG,
     REPLAY_OF_TAG,
     VERSION_TAG_PREFIX,
 )
@@ -76,6 +79,10 @@ def train(
 
     if tracker is None:  # a trial's run exists: the study's driver checked the store
         check_tracking_store(cfg.mlflow)
+    resuming = segment is not None and segment.start > 0
+    backend.seed_everything(cfg.trainer.seed)
+    # Built before the run exists: a user's builder that returns no Keras model writes nothing.
+    model = None if resuming else compile_model(cfg, dataset)
     with tempfile.TemporaryDirectory(prefix="study-") as scratch:
         folder = Path(output_dir) if output_dir is not None else Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
@@ -87,16 +94,14 @@ def train(
             tracker if owned else contextlib.nullcontext(tracker),
             system_metrics(cfg.mlflow.tracking_uri, tracker.run_id, interval),
         ):
-            resuming = segment is not None and segment.start > 0
             if not resuming:  # the first segment logged the params; MLflow refuses to change them
                 log_run_description(tracker, cfg, dataset)
-            backend.seed_everything(cfg.trainer.seed)
             if resuming:
                 steps_per_epoch = math.ceil(len(dataset.x_train) / cfg.trainer.batch_size)
                 monitor = cfg.trainer.early_stopping.monitor if cfg.trainer.early_stopping.patience else None
                 start_at = StartingPoint.resumed(tracker, folder, segment, steps_per_epoch, monitor)
             else:
-                start_at = StartingPoint(compile_model(cfg, dataset))
+                start_at = StartingPoint(model)
             logdir = Path(tensorboard_dir) if tensorboard_dir is not None else folder / "tensorboard"
             metrics = fit_and_evaluate(
                 cfg, start_at, dataset, tracker, folder, logdir, on_epoch_end, evaluate_test, segment
@@ -160,6 +165,8 @@ def log_run_description(tracker: RunTracker, cfg: DictConfig, dataset: Dataset) 
     from study.training import backend
 
     tracker.log_params(flatten(OmegaConf.to_container(cfg)))
+    if "builder" in cfg.model:  # the user's model: a replay refuses a changed module
+        tracker.set_tags({MODEL_SOURCE_TAG: builder_source_digest(cfg.model.builder)})
     versions = {f"{VERSION_TAG_PREFIX}{name}": version for name, version in package_versions().items()}
     tracker.set_tags(
         {
@@ -169,6 +176,10 @@ def log_run_description(tracker: RunTracker, cfg: DictConfig, dataset: Dataset) 
             DATA_SOURCE_TAG: dataset.source,
             DATA_DIGEST_TAG: dataset.digest,
             DATA_EXAMPLES_TAG: len(dataset.x_train),
+            DATA_CLASSES_TAG: dataset.num_classes,
+            **(
+                {MODEL_SOURCE_TAG: builder_source_digest(cfg.model.builder)} if "builder" in cfg.model else {}
+            ),
             **versions,
         }
     )

@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 from study import reproduce
-from study.training.data import IDX_FILES
+from study.training.data_files import IDX_FILES
 from study.training.run import train
 from tests.helpers import TINY_MODEL_OVERRIDES, TINY_VALIDATION, compose_config
 

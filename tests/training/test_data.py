@@ -9,7 +9,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from study.core.errors import ConfigError
-from study.training.data import IDX_FILES, load_dataset, read_idx, write_idx
+from study.training.data import load_dataset
+from study.training.data_files import IDX_FILES, read_idx, write_idx
 from tests.helpers import IMAGE_SIZE, TINY_SIZES, TINY_VALIDATION, synthetic_digits
 
 
@@ -120,10 +121,20 @@ def npz_with(tmp_path, **arrays):
 @pytest.mark.parametrize(
     ("arrays", "expected"),
     [
-        ({"y_train": np.full(200, 200, np.uint8)}, "y_train: expected class labels 0..9, got 200"),
-        ({"y_test": np.arange(20) + 30}, "y_test: expected class labels 0..9, got 30, 31, 32, 33, 34, ..."),
-        ({"y_train": np.full(200, -1, np.int64)}, "y_train: expected class labels 0..9, got -1"),
-        ({"y_train": np.zeros(200, np.float32)}, "y_train: expected integer class labels 0..9, got float32"),
+        (
+            {"y_train": np.full(200, 200, np.uint8)},
+            "y_train: expected class labels 0..K-1 with training examples of each, got labels up to 200 "
+            "without 0, 1, 2, 3, 4, ...; set data.num_classes",
+        ),
+        (
+            {"y_test": np.arange(20) + 30},
+            "y_test: expected class labels 0..9 (the training labels' classes), got 30, 31, 32, 33, 34, ...",
+        ),
+        ({"y_train": np.full(200, -1, np.int64)}, "y_train: expected class labels 0..K-1, got -1"),
+        (
+            {"y_train": np.zeros(200, np.float32)},
+            "y_train: expected integer class labels 0..K-1, got float32",
+        ),
         (
             {"x_train": np.full((200, 12, 12), 0.5, np.float32)},
             "x_train: expected integer pixel values 0..255 (uint8), got float32 values in [0.5, 0.5]; "
@@ -160,4 +171,6 @@ def test_a_bad_idx_file_is_named(tiny_idx_dir, tmp_path):
     write_idx(labels, np.full(TINY_SIZES["train"], 42, np.uint8))
     with pytest.raises(ConfigError) as caught:
         load_dataset(data_cfg(path=str(folder)), seed=0)
-    assert str(caught.value) == f"data file {labels}: expected class labels 0..9, got 42"
+    assert str(caught.value).startswith(
+        f"data file {labels}: expected class labels 0..K-1 with training examples"
+    )

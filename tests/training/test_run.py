@@ -19,7 +19,8 @@ from study.core.errors import ConfigError
 from study.core.native_logs import NATIVE_LINE
 from study.tracking.runs import RunTracker, flatten
 from study.training.callbacks import NonFiniteLossError
-from study.training.data import IDX_FILES, load_dataset
+from study.training.data import load_dataset
+from study.training.data_files import IDX_FILES
 from study.training.run import compile_model, train
 from tests.helpers import client_for, compose_config, history
 
