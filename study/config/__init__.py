@@ -9,7 +9,7 @@ from study.config.checks import (
     checked_sweep_config,
     resolved_without_hydra,
 )
-from study.config.compose import Composer, merge_overrides, sweep_composer
+from study.config.compose import Composer, compose_config, merge_overrides, sweep_composer
 from study.config.probes import gpus_problem, storage_problem, tracking_uri_problem, visible_gpus
 from study.config.schema import CONFIG_DIR, SCHEMAS, register_configs
 from study.config.study_schema import SWEEP_SCHEMAS
@@ -23,6 +23,7 @@ __all__ = [
     "check_on_this_machine",
     "checked_config",
     "checked_sweep_config",
+    "compose_config",
     "gpus_problem",
     "merge_overrides",
     "register_configs",

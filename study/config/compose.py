@@ -18,6 +18,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from study.config.schema import CONFIG_DIR
+
 Composer = Callable[[list[str]], DictConfig]  # overrides -> the composed config
 
 
@@ -60,3 +62,12 @@ def merge_overrides(base: list[str], extra: list[str]) -> list[str]:
     """`extra` wins over `base` for the same key (a sampled value over a command-line one)."""
     extra_keys = {override.split("=", 1)[0].lstrip("+~") for override in extra}
     return [o for o in base if o.split("=", 1)[0].lstrip("+~") not in extra_keys] + extra
+
+
+def compose_config(
+    config_name: str = "train", overrides: list[str] | tuple[str, ...] = (), config_dir: str | None = None
+) -> DictConfig:
+    """The config `python -m study.<config_name> OVERRIDES` composes, for code and notebooks:
+    Hydra's compose API over the package's conf/ (or `config_dir`)."""
+    composer = sweep_composer(str(config_dir or CONFIG_DIR), config_name, list(overrides))
+    return composer([])

@@ -155,6 +155,12 @@ class Workspace:
         (root / "shared" / "data").mkdir(parents=True)
         (root / "shared" / "data" / "mnist").symlink_to(tiny_data)  # README's ../shared/data/mnist
         (self.work / "bench").symlink_to(PROJECT_DIR / "bench")  # README's bench/run.py
+        # README's examples/own_model, copied: its commands write data and runs into it.
+        def written(folder: str, names: list[str]) -> set[str]:  # what an example's commands write
+            top = Path(folder).parent == PROJECT_DIR / "examples"
+            return {name for name in names if name == "__pycache__" or (top and name in ("data", "runs"))}
+
+        shutil.copytree(PROJECT_DIR / "examples", self.work / "examples", ignore=written)
         self.results: dict[str, Result] = {}
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{self.env.get('PATH', '')}"
@@ -452,7 +458,33 @@ def bench_tables(result: Result, ws: Workspace) -> None:
     assert (ws.work / "runs" / "bench-readme" / "results.json").is_file()
 
 
+def own_model_run(result: Result, ws: Workspace) -> None:
+    """README's own model: a FINISHED run of the user's builder on the user's 3-class colour
+    images, its keys as params, its module's digest as a tag."""
+    client = MlflowClient(tracking_uri=f"sqlite:///{ws.work / OWN_MODEL / 'runs' / 'mlflow.db'}")
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED", result.describe()
+    assert run.data.params["model.builder"] == "my_models:tiny_cnn" and run.data.params["model.width"] == "16"
+    assert run.data.tags["data.name"] == "tiny_rgb" and run.data.tags["data.num_classes"] == "3"
+    assert run.data.tags["model.source_digest"].startswith("sha256:")
+    assert "test_accuracy" in run.data.metrics
+
+
+def own_model_study(result: Result, ws: Workspace) -> None:
+    assert re.search(r"^winner: trial \d+, val_accuracy", result.stdout, re.M), result.describe()
+    table = pd.read_csv(ws.work / OWN_MODEL / "runs" / "studies" / "own" / "leaderboard.csv")
+    assert len(table) == 4 and {"model.width", "model.dropout_rate"} <= set(table.columns)
+
+
 # --- README's commands, one line each ---------------------------------------------------------
+
+OWN_MODEL = "examples/own_model"
+OWN_DATA = f"cd {OWN_MODEL} && python make_data.py"
+OWN_CONF = "--config-dir conf model=tiny_cnn data=tiny_rgb"
+OWN_TRAIN = f"cd {OWN_MODEL} && python -m study.train {OWN_CONF} trainer.epochs=5"
+OWN_SWEEP = (
+    f"cd {OWN_MODEL} && python -m study.sweep {OWN_CONF} search_space=tiny study.name=own study.n_workers=2"
+)
 
 LOCAL_MNIST = "data.path=../shared/data/mnist"  # for commands that download MNIST as typed
 TINY = "data.validation_size=100 trainer.epochs=1"  # 300 training examples, one epoch
@@ -484,6 +516,9 @@ REPLAY_DOWNLOAD = (
 )
 
 CASES: dict[str, Case] = {
+    OWN_DATA: Case(expect=(lambda result, ws: (ws.work / OWN_MODEL / "data" / "tiny_rgb.npz").is_file(),)),
+    OWN_TRAIN: Case(needs=(OWN_DATA,), append="trainer.epochs=2", expect=(own_model_run,)),
+    OWN_SWEEP: Case(needs=(OWN_DATA,), append="trainer.epochs=1 study.n_trials=4", expect=(own_model_study,)),
     # On a fresh machine
     "python3 -m venv .venv && . .venv/bin/activate && pip install -e .": Case(skip=INSTALL),
     FIRST_RUN: Case(expect=(finished_run(test_accuracy_at_least=0.95),)),
@@ -719,3 +754,25 @@ def test_readme_commands_are_read_as_typed():
     )
     assert readme_commands(text) == ["A=1 b --x 'keep # this'", "c d"]
     assert readme_transcripts(text) == [("e f", ["e: error: g"])]
+
+
+def test_readme_python_cell(tmp_path):
+    """README's code cell runs as written in a fresh process, in a folder of its own, and writes
+    only under the runs_dir it names."""
+    cell = re.search(r"### From Python\n.*?```python\n(.*?)```", README_TEXT, re.S)[1]
+    runs = tmp_path / "notebook-runs"
+    (tmp_path / "notebooks").mkdir()
+    script = tmp_path / "notebooks" / "cell.py"
+    script.write_text(cell.replace("/tmp/study-notebook", str(runs)))
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("HYDRA_FULL_ERROR", "MLFLOW_TRACKING_URI")
+    }
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=script.parent, capture_output=True, text=True, timeout=600, env=env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"^test_accuracy 0\.\d+", done.stdout, re.M) and "winner" in done.stdout
+    assert (runs / "mlflow.db").is_file() and (runs / "optuna.db").is_file()
+    assert sorted(path.name for path in script.parent.iterdir()) == ["cell.py"]  # no runs/ of its own
