@@ -155,6 +155,7 @@ class Workspace:
         (root / "shared" / "data").mkdir(parents=True)
         (root / "shared" / "data" / "mnist").symlink_to(tiny_data)  # README's ../shared/data/mnist
         (self.work / "bench").symlink_to(PROJECT_DIR / "bench")  # README's bench/run.py
+
         # README's examples/own_model, copied: its commands write data and runs into it.
         def written(folder: str, names: list[str]) -> set[str]:  # what an example's commands write
             top = Path(folder).parent == PROJECT_DIR / "examples"
