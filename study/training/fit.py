@@ -212,13 +212,13 @@ def fit_segment(
     size = len(dataset.x_train)
     steps_per_epoch = math.ceil(size / trainer.batch_size)
     start, stop = segment.steps(steps_per_epoch)
+    if any(getattr(callback, "exhausted", False) for callback in callbacks):
+        return  # early stopping ended the run in an earlier segment, before this one's start
     if first_step < start:
         raise RuntimeError(
             f"the run's last checkpoint is at step {first_step}; the segment starts at {start}"
         )
     step = first_step
-    if any(getattr(callback, "exhausted", False) for callback in callbacks):
-        return  # early stopping ended the run in an earlier segment
     while step < stop:
         epoch, offset = divmod(step, steps_per_epoch)
         end = min(stop, (epoch + 1) * steps_per_epoch)

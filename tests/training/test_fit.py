@@ -158,3 +158,23 @@ def test_one_fit_of_several_epochs_reads_each_epoch_in_its_own_order_without_aut
     assert labels == [[6, 5, 4], [3, 2, 1], [0], [0, 2, 4], [6, 1, 3], [5]]
     for images, batch_labels in batches:
         np.testing.assert_array_equal(images, x[batch_labels])
+
+
+def test_early_stopping_carries_across_segments_as_in_one_fit(make_config):
+    """A run trained in segments stops at the epoch it stops at straight through: the patience
+    is picked up from the curve the earlier segments logged, and a segment after the stop
+    trains nothing."""
+    cfg = make_config(
+        "optimizer=sgd", "optimizer.learning_rate=1e-5", "trainer.early_stopping.patience=1", model="softmax"
+    )
+    straight = train_tagged(cfg, "whole-es", segment=Segment(0, 8))
+    assert 2 <= straight["stopped_epoch"] < 8
+    train_tagged(cfg, "parts-es", segment=Segment(0, 1))
+    run_id = run_id_of(cfg, "parts-es")
+    for segment in (Segment(1, 4), Segment(4, 8)):
+        with RunTracker.resume(checked_config(cfg).mlflow, run_id) as tracker:
+            train(cfg, tracker=tracker, segment=segment)
+    client = client_for(cfg)
+    parts_curve = history(client, run_id, "val_accuracy")
+    assert parts_curve == history(client, run_id_of(cfg, "whole-es"), "val_accuracy")
+    assert parts_curve[-1][0] == straight["stopped_epoch"]
