@@ -76,10 +76,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_command(module: str, *args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    """`python -m study.MODULE ARGS` as a user runs it: a fresh process in `cwd`, with Hydra's
-    default error reporting (the commands themselves turn errors into one line)."""
-    env = {**os.environ}
+def run_command(
+    module: str, *args: str, cwd: Path, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`python -m study.MODULE ARGS` as a user runs it: a fresh process in `cwd` (with `env` on
+    top of this one's environment), with Hydra's default error reporting (the commands
+    themselves turn errors into one line)."""
+    env = {**os.environ, **(env or {})}
     env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(
         [sys.executable, "-m", f"study.{module}", *args],

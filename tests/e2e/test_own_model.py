@@ -5,9 +5,7 @@ refused with one line before anything is written; early stopping ends a run FINI
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import keras
@@ -16,6 +14,8 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from PIL import Image
+
+from tests.helpers import run_command
 
 MODELS = """
 import keras
@@ -87,18 +87,7 @@ QUIET = ("trainer.epochs=2", "mlflow.system_metrics_interval=null")
 
 
 def run(project: Path, module: str, *args: str, backend: str | None = None) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
-    if backend:
-        env["KERAS_BACKEND"] = backend
-    return subprocess.run(
-        [sys.executable, "-m", f"study.{module}", *args],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        check=False,
-    )
+    return run_command(module, *args, cwd=project, env={"KERAS_BACKEND": backend} if backend else None)
 
 
 def client(project: Path) -> MlflowClient:
