@@ -79,7 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="study-reproduce-") as scratch:
         try:
             config_file = Path(client.download_artifacts(args.run_id, "config.yaml", scratch))
-            cfg = checked_config(OmegaConf.load(config_file))
+            logged = OmegaConf.load(config_file)
+            source_problem = replay.model_source_problem(original, logged)
+            if source_problem and not args.force:
+                return refuse(f"{source_problem}; pass --force to reproduce anyway")
+            cfg = checked_config(logged)
         except (MlflowException, OSError) as error:
             return refuse(f"run {args.run_id}: has no readable config.yaml artifact ({error_line(error)})")
         except yaml.YAMLError as error:
@@ -90,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = replay.with_tracking_uri(cfg, args.tracking_uri)
         if args.seeds:
             return replay.seed_variance(client, original, cfg, args.seeds, Path(scratch))
-        problems = replay.differences_before_training(original, cfg)
+        problems = [
+            *([source_problem] if source_problem else []),
+            *replay.differences_before_training(original, cfg),
+        ]
         if problems and not args.force:
             return refuse("; ".join(problems) + "; pass --force to reproduce anyway")
         for problem in problems:

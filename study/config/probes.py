@@ -201,10 +201,23 @@ def import_builder(path: str) -> Callable:
 
 
 def builder_source_digest(path: str) -> str:
-    """sha256 of the source file of the builder's module: a replay refuses a changed one."""
-    module = _import_user_module(path.rpartition(":")[0])
-    source = getattr(module, "__file__", None)
-    return "sha256:" + hashlib.sha256(Path(source).read_bytes()).hexdigest() if source else ""
+    """sha256 of the source file of the builder's module, found without running it: a replay
+    compares it with the original run's before any of the module's code runs."""
+    module_name = path.rpartition(":")[0]
+    if module_name.endswith(".py"):
+        source = Path(module_name)
+    else:
+        _add_working_directory()
+        spec = importlib.util.find_spec(module_name)
+        source = Path(spec.origin) if spec is not None and spec.origin else None
+    if source is None or not source.is_file():
+        return ""
+    return "sha256:" + hashlib.sha256(source.read_bytes()).hexdigest()
+
+
+def _add_working_directory() -> None:
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` does: the user's modules beside their conf/
 
 
 def _import_user_module(name: str) -> types.ModuleType:
@@ -220,8 +233,7 @@ def _import_user_module(name: str) -> types.ModuleType:
         sys.modules[module_name] = module
         spec.loader.exec_module(module)
         return module
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())  # as `python -m` does: the user's modules beside their conf/
+    _add_working_directory()
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as error:

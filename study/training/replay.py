@@ -43,6 +43,21 @@ def with_tracking_uri(cfg: DictConfig, tracking_uri: str) -> DictConfig:
     return OmegaConf.create(plain)
 
 
+def model_source_problem(original: Run, config: DictConfig) -> str | None:
+    """A logged config that names a model builder is replayed only when the builder's module is
+    the one the original run logged (checked before the module runs: a config is data)."""
+    builder = OmegaConf.select(config, "model.builder", default=None)
+    if builder is None:
+        return None
+    logged, current = original.data.tags.get(MODEL_SOURCE_TAG), builder_source_digest(str(builder))
+    if logged == current:
+        return None
+    return (
+        f"the model's module changed since the original run (model.builder={builder}, "
+        f"{MODEL_SOURCE_TAG} {current or 'not found'} != logged {logged or 'none'})"
+    )
+
+
 def differences_before_training(original: Run, cfg: DictConfig) -> list[str]:
     """What differs from the original's data and software, found without training."""
     problems = []
@@ -52,12 +67,6 @@ def differences_before_training(original: Run, cfg: DictConfig) -> list[str]:
         problems.append(
             f"the data differ from the original run's (data.digest {digest} != logged {logged_digest}, "
             f"data.path={cfg.data.path})"
-        )
-    logged_source = original.data.tags.get(MODEL_SOURCE_TAG)
-    if logged_source and "builder" in cfg.model and builder_source_digest(cfg.model.builder) != logged_source:
-        problems.append(
-            f"the model's module changed since the original run (model.builder={cfg.model.builder}, "
-            f"{MODEL_SOURCE_TAG} {builder_source_digest(cfg.model.builder)} != logged {logged_source})"
         )
     current = package_versions()
     changed = [

@@ -165,8 +165,10 @@ def log_run_description(tracker: RunTracker, cfg: DictConfig, dataset: Dataset) 
     from study.training import backend
 
     tracker.log_params(flatten(OmegaConf.to_container(cfg)))
-    if "builder" in cfg.model:  # the user's model: a replay refuses a changed module
-        tracker.set_tags({MODEL_SOURCE_TAG: builder_source_digest(cfg.model.builder)})
+    # The user's model: its module's digest, so that a replay refuses a changed module.
+    model_source = (
+        {MODEL_SOURCE_TAG: builder_source_digest(cfg.model.builder)} if "builder" in cfg.model else {}
+    )
     versions = {f"{VERSION_TAG_PREFIX}{name}": version for name, version in package_versions().items()}
     tracker.set_tags(
         {
@@ -177,9 +179,7 @@ def log_run_description(tracker: RunTracker, cfg: DictConfig, dataset: Dataset) 
             DATA_DIGEST_TAG: dataset.digest,
             DATA_EXAMPLES_TAG: len(dataset.x_train),
             DATA_CLASSES_TAG: dataset.num_classes,
-            **(
-                {MODEL_SOURCE_TAG: builder_source_digest(cfg.model.builder)} if "builder" in cfg.model else {}
-            ),
+            **model_source,
             **versions,
         }
     )

@@ -115,10 +115,11 @@ def test_a_users_builder_trains_on_colour_images_and_replays_exactly(project, ba
     replayed = run(project, "reproduce", trained.info.run_id, backend=backend)
     assert replayed.returncode == 0, replayed.stderr[-3000:]
     assert "reproduced: largest difference 0," in replayed.stdout
-    with open(project / "my_models.py", "a") as module:
-        module.write("# changed\n")
+    with open(project / "my_models.py", "a") as module:  # changed: it now leaves a mark when imported
+        module.write('open("imported", "w").close()\n')
     refused = run(project, "reproduce", trained.info.run_id, backend=backend)
     assert refused.returncode == 2 and "the model's module changed" in refused.stderr.splitlines()[-1]
+    assert not (project / "imported").exists()  # refused before any of the module's code ran
 
 
 def test_a_folder_of_class_subfolders_is_data(project):
