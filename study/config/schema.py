@@ -33,7 +33,6 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # Keras dtype polic
 
 
 DOWNLOADABLE_DATA = ("mnist", "fashion_mnist", "cifar10", "cifar100")  # keras.datasets
-BUNDLED_DATA = ("digits",)  # scikit-learn's 8x8 digits, offline
 
 
 @dataclass
