@@ -82,8 +82,10 @@ def run_command(
     """`python -m study.MODULE ARGS` as a user runs it: a fresh process in `cwd` (with `env` on
     top of this one's environment), with Hydra's default error reporting (the commands
     themselves turn errors into one line)."""
-    env = {**os.environ, **(env or {})}
-    env.pop("HYDRA_FULL_ERROR", None)
+    # Not inherited from this test process: Hydra's full errors, and the tracking URI that
+    # mlflow.set_tracking_uri exports to the environment when an earlier test called it.
+    inherited = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "MLFLOW_TRACKING_URI")}
+    env = {**inherited, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", f"study.{module}", *args],
         capture_output=True,

@@ -110,13 +110,13 @@ class TrialObjective:
         if reason is not None:
             raise NotNeeded(reason)
         sampled = self.space.sample(trial, self.base)
-        segment, config = self._segment(trial, frozen, trials)
+        promotion, stop, config = self._rung(trial, frozen, trials)
         with self._open_run(trial, frozen, trials, config) as tracker:
             logdir = self.study_dir / "tensorboard" / f"trial_{config:04d}"
             if config == trial.number:  # a new configuration (a promotion continues its run)
                 trial.set_user_attr(MLFLOW_RUN_ATTR, tracker.run_id)
                 write_hparams(logdir, trial.params, trial_id=f"trial_{trial.number:04d}")
-            cfg = self.compose([*as_overrides(sampled), *self._budget(segment)])
+            cfg = self.compose([*as_overrides(sampled), *self._budget(stop)])
             keras.backend.clear_session()  # each trial builds its model in a fresh graph
             metrics = train(
                 cfg,
@@ -124,35 +124,33 @@ class TrialObjective:
                 tracker=tracker,
                 tensorboard_dir=logdir,
                 evaluate_test=False,  # the study's winner alone meets the test set, at the end
-                segment=segment,
+                resume=promotion,  # from the checkpoint the configuration's last rung left
             )
-            if segment is not None:
+            if stop is not None:
                 tracker.set_tags({RUNG_TAG: str(trial.user_attrs[asha.RUNG_ATTR])})
         value = metrics["best_val_accuracy"]
         log.info("trial %d: complete, val_accuracy %.4f", trial.number, value)
         return value
 
-    def _segment(self, trial: optuna.Trial, frozen: FrozenTrial, trials: list[FrozenTrial]):
-        """(the stretch this trial trains, its configuration's number): with scheduler=asha a
-        rung's worth; otherwise (None, the trial's own number), the whole budget."""
-        from study.training.fit import Segment
-
+    def _rung(self, trial: optuna.Trial, frozen: FrozenTrial, trials: list[FrozenTrial]):
+        """(is it a promotion, how far it trains, its configuration's number): with
+        scheduler=asha a rung's worth; otherwise (False, None, the trial's own number): the
+        whole budget in one `fit`."""
         if self.ladder is None:
-            return None, trial.number
+            return False, None, trial.number
         promotion = asha.is_promotion(frozen)
         rung = asha.rung_of(frozen) if promotion else asha.first_rung(frozen, trials, self.ladder)
         trial.set_user_attr(asha.RUNG_ATTR, rung)  # a retry keeps it
-        start, stop = self.ladder.segment(rung, first=not promotion)
-        return Segment(start, stop, self.ladder.unit), asha.config_of(frozen)
+        _, stop = self.ladder.segment(rung, first=not promotion)
+        return promotion, stop, asha.config_of(frozen)
 
-    @staticmethod
-    def _budget(segment) -> list[str]:
-        """A segment's config trains the run up to the segment's end, resumably: its config.yaml
-        then replays the run as far as it went (`study.train`, `study.reproduce`)."""
-        if segment is None:
+    def _budget(self, stop: int | None) -> list[str]:
+        """The segment, said once, in the config: it trains the run up to `stop`, resumably, so
+        its config.yaml replays the run as far as it went (`study.train`, `study.reproduce`)."""
+        if stop is None:
             return []
-        key = "trainer.max_steps" if segment.unit == "steps" else "trainer.epochs"
-        return ["trainer.resumable=true", f"{key}={segment.stop}"]
+        key = "trainer.max_steps" if self.ladder.unit == "steps" else "trainer.epochs"
+        return ["trainer.resumable=true", f"{key}={stop}"]
 
     def _open_run(
         self, trial: optuna.Trial, frozen: FrozenTrial, trials: list[FrozenTrial], config: int

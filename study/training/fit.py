@@ -30,9 +30,10 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 
 @dataclass(frozen=True)
 class Segment:
-    """One stretch of a run that trains in several (a rung of scheduler=asha): from `start` to
-    `stop` epochs or optimizer steps (`unit`). A segment with `start` > 0 resumes the run's last
-    checkpoint, model and optimizer state.
+    """How far a run that trains in several stretches trains now (a rung of scheduler=asha): up
+    to `stop` epochs or optimizer steps (`unit`), from wherever the run's last checkpoint left
+    it, or from the start for a new run. Its config says it (`trainer.resumable`, and the budget
+    in `trainer.epochs` or `trainer.max_steps`), so its config.yaml replays the run that far.
 
     Segments see the data in a fixed order per epoch, drawn from (trainer.seed, epoch), and
     validate on the whole validation set at every epoch end and at `stop`, so training in
@@ -40,13 +41,18 @@ class Segment:
     are epochs, or optimizer steps with unit "steps" (a rung may end mid-epoch).
     """
 
-    start: int
     stop: int
     unit: str = "epochs"
 
-    def steps(self, steps_per_epoch: int) -> tuple[int, int]:
-        factor = steps_per_epoch if self.unit == "epochs" else 1
-        return self.start * factor, self.stop * factor
+    @classmethod
+    def of(cls, trainer: DictConfig) -> Segment | None:
+        """The segment a resumable config trains; None for a run trained in one `fit`."""
+        if not trainer.resumable:
+            return None
+        return cls(trainer.max_steps, "steps") if trainer.max_steps is not None else cls(trainer.epochs)
+
+    def stop_step(self, steps_per_epoch: int) -> int:
+        return self.stop * (steps_per_epoch if self.unit == "epochs" else 1)
 
     def label(self, step: int, steps_per_epoch: int) -> int:
         """The metric step of a point of training: an epoch count, or an optimizer step count."""
@@ -201,8 +207,10 @@ def fit_segment(
     segment: Segment,
     first_step: int,
 ) -> None:
-    """Train from optimizer step `first_step` to the segment's end, one `fit` per epoch or part
-    of an epoch, each on that epoch's examples in the order `epoch_order` gives.
+    """Train from optimizer step `first_step` (where the run's checkpoint is) to the segment's
+    end, one `fit` per epoch or part of an epoch, each on that epoch's examples in the order
+    `epoch_order` gives. A checkpoint already at the end (a retry of a segment whose worker died
+    after saving it) trains nothing.
 
     Keras numbers the epoch of each `fit` by its metric step (`initial_epoch`), so the callbacks
     see the run's own x-axis: epochs, or optimizer steps for a segment counted in steps.
@@ -211,13 +219,9 @@ def fit_segment(
 
     size = len(dataset.x_train)
     steps_per_epoch = math.ceil(size / trainer.batch_size)
-    start, stop = segment.steps(steps_per_epoch)
+    stop = segment.stop_step(steps_per_epoch)
     if any(getattr(callback, "exhausted", False) for callback in callbacks):
-        return  # early stopping ended the run in an earlier segment, before this one's start
-    if first_step < start:
-        raise RuntimeError(
-            f"the run's last checkpoint is at step {first_step}; the segment starts at {start}"
-        )
+        return  # early stopping ended the run in an earlier segment
     step = first_step
     while step < stop:
         epoch, offset = divmod(step, steps_per_epoch)

@@ -53,7 +53,7 @@ def train(
     output_dir: Path | str | None = None,
     tensorboard_dir: Path | str | None = None,
     evaluate_test: bool = True,
-    segment: Segment | None = None,
+    resume: bool = False,
 ) -> dict[str, float]:
     """Train the configured model, track it in MLflow and return its final metrics.
 
@@ -62,14 +62,17 @@ def train(
     ends: a trial of a study) instead of creating and ending one; `output_dir` keeps the
     local copies of the artifacts (a temporary folder
     when None), `tensorboard_dir` the event files (default: `output_dir/tensorboard`).
-    `evaluate_test=False` leaves the test set alone (trials of a study). `segment` trains one
-    stretch of a run that trains in several (see `Segment`); the run's best validation accuracy
-    then covers its earlier segments too.
+    `evaluate_test=False` leaves the test set alone (trials of a study). A config with
+    `trainer.resumable` trains in segments (see `Segment`): `resume=True` continues the run of
+    `tracker` from its last checkpoint up to the config's budget (a promotion of
+    scheduler=asha); the run's best validation accuracy then covers its earlier segments too.
     """
     cfg = checked_config(cfg)
-    if segment is None and cfg.trainer.resumable:  # a replay of a trial of scheduler=asha, say
-        budget = cfg.trainer.max_steps
-        segment = Segment(0, budget, "steps") if budget is not None else Segment(0, cfg.trainer.epochs)
+    segment = Segment.of(cfg.trainer)
+    if resume and (segment is None or tracker is None):
+        raise ValueError(
+            "train(resume=True) continues the run of `tracker`; its config needs trainer.resumable"
+        )
     dataset = load_dataset(cfg.data, cfg.trainer.seed)  # the last input check: data files
     import keras
 
@@ -79,10 +82,9 @@ def train(
 
     if tracker is None:  # a trial's run exists: the study's driver checked the store
         check_tracking_store(cfg.mlflow)
-    resuming = segment is not None and segment.start > 0
     backend.seed_everything(cfg.trainer.seed)
     # Built before the run exists: a user's builder that returns no Keras model writes nothing.
-    model = None if resuming else compile_model(cfg, dataset)
+    model = None if resume else compile_model(cfg, dataset)
     with tempfile.TemporaryDirectory(prefix="study-") as scratch:
         folder = Path(output_dir) if output_dir is not None else Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
@@ -94,9 +96,9 @@ def train(
             tracker if owned else contextlib.nullcontext(tracker),
             system_metrics(cfg.mlflow.tracking_uri, tracker.run_id, interval),
         ):
-            if not resuming:  # the first segment logged the params; MLflow refuses to change them
+            if not resume:  # the first segment logged the params; MLflow refuses to change them
                 log_run_description(tracker, cfg, dataset)
-            if resuming:
+            if resume:
                 steps_per_epoch = math.ceil(len(dataset.x_train) / cfg.trainer.batch_size)
                 monitor = cfg.trainer.early_stopping.monitor if cfg.trainer.early_stopping.patience else None
                 start_at = StartingPoint.resumed(tracker, folder, segment, steps_per_epoch, monitor)

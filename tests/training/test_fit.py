@@ -12,7 +12,6 @@ import pytest
 from study.config.checks import checked_config
 from study.tracking.runs import RunTracker
 from study.training import backend
-from study.training.fit import Segment
 from study.training.run import train
 from tests.helpers import client_for, history
 
@@ -21,6 +20,18 @@ def last_checkpoint(cfg, run_id: str, folder: Path) -> keras.Model:
     folder.mkdir()
     local = client_for(cfg).download_artifacts(run_id, "checkpoints/last.keras", str(folder))
     return keras.saving.load_model(local)
+
+
+def up_to(cfg, stop: int, unit: str = "epochs"):
+    """cfg training resumably (in segments) up to `stop` epochs or optimizer steps: a segment
+    is said in the config alone, as the study's objective says it."""
+    budget = cfg.copy()
+    budget.trainer.resumable = True
+    if unit == "steps":
+        budget.trainer.max_steps = stop
+    else:
+        budget.trainer.epochs = stop
+    return budget
 
 
 def train_tagged(cfg, tag: str, *args, **kwargs) -> dict[str, float]:
@@ -41,21 +52,24 @@ def run_id_of(cfg, tag: str) -> str:
     ("unit", "straight", "pieces"),
     [
         # 300 training examples in batches of 32: 10 steps an epoch.
-        pytest.param("epochs", Segment(0, 3), [Segment(0, 1), Segment(1, 3)], marks=pytest.mark.slow),
-        ("steps", Segment(0, 23, "steps"), [Segment(0, 4, "steps"), Segment(4, 23, "steps")]),
+        pytest.param("epochs", 3, [1, 3], marks=pytest.mark.slow),
+        ("steps", 23, [4, 23]),
     ],
 )
 def test_resumed_segments_equal_training_straight_through(make_config, tmp_path, unit, straight, pieces):
     # The CNN with dropout and Adam: its moments and the dropout generator's state must be resumed.
     cfg = make_config("optimizer=adam", "optimizer.learning_rate=0.01", "model.dropout_rate=0.5")
-    straight_metrics = train_tagged(cfg, "whole", segment=straight)
+    straight_metrics = train_tagged(up_to(cfg, straight, unit), "whole")
 
     steps_seen: list[int] = []
-    train_tagged(cfg, "parts", lambda step, metrics: steps_seen.append(step), segment=pieces[0])
+    train_tagged(up_to(cfg, pieces[0], unit), "parts", lambda step, metrics: steps_seen.append(step))
     run_id = run_id_of(cfg, "parts")
     with RunTracker.resume(checked_config(cfg).mlflow, run_id) as tracker:
         resumed_metrics = train(
-            cfg, lambda step, metrics: steps_seen.append(step), tracker=tracker, segment=pieces[1]
+            up_to(cfg, pieces[1], unit),
+            lambda step, metrics: steps_seen.append(step),
+            tracker=tracker,
+            resume=True,
         )
 
     client = client_for(cfg)
@@ -92,13 +106,13 @@ def test_a_segment_already_trained_by_a_dead_attempt_is_not_trained_again(make_c
     """A worker died after saving the segment's checkpoint but before its trial ended: the retry
     finds the checkpoint at the segment's end and reports the run's curve without training."""
     cfg = make_config(model="softmax")
-    first = train(cfg, segment=Segment(0, 2))
+    first = train(up_to(cfg, 2))
     client = client_for(cfg)
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment_name)
     (run,) = client.search_runs([experiment.experiment_id])
     seen: list[int] = []
     with RunTracker.resume(checked_config(cfg).mlflow, run.info.run_id) as tracker:
-        again = train(cfg, lambda step, metrics: seen.append(step), tracker=tracker, segment=Segment(1, 2))
+        again = train(up_to(cfg, 2), lambda step, metrics: seen.append(step), tracker=tracker, resume=True)
     assert seen == []
     assert again["best_val_accuracy"] == first["best_val_accuracy"]
     assert [step for step, _ in history(client, run.info.run_id, "val_accuracy")] == [1, 2]
@@ -129,7 +143,7 @@ def test_a_run_trained_in_one_fit_equals_the_same_run_trained_in_segments(make_c
     same numbers, and no wait for an autotuning thread when `fit` returns."""
     cfg = make_config("optimizer=adam", "optimizer.learning_rate=0.01", "model.dropout_rate=0.5")
     in_one_fit = train_tagged(cfg, "one-fit", evaluate_test=False)
-    in_segments = train_tagged(cfg, "per-epoch", evaluate_test=False, segment=Segment(0, 2))
+    in_segments = train_tagged(up_to(cfg, cfg.trainer.epochs), "per-epoch", evaluate_test=False)
 
     client = client_for(cfg)
     one_fit_id, per_epoch_id = run_id_of(cfg, "one-fit"), run_id_of(cfg, "per-epoch")
@@ -167,13 +181,13 @@ def test_early_stopping_carries_across_segments_as_in_one_fit(make_config):
     cfg = make_config(
         "optimizer=sgd", "optimizer.learning_rate=1e-5", "trainer.early_stopping.patience=1", model="softmax"
     )
-    straight = train_tagged(cfg, "whole-es", segment=Segment(0, 8))
+    straight = train_tagged(up_to(cfg, 8), "whole-es")
     assert 2 <= straight["stopped_epoch"] < 8
-    train_tagged(cfg, "parts-es", segment=Segment(0, 1))
+    train_tagged(up_to(cfg, 1), "parts-es")
     run_id = run_id_of(cfg, "parts-es")
-    for segment in (Segment(1, 4), Segment(4, 8)):
+    for stop in (4, 8):
         with RunTracker.resume(checked_config(cfg).mlflow, run_id) as tracker:
-            train(cfg, tracker=tracker, segment=segment)
+            train(up_to(cfg, stop), tracker=tracker, resume=True)
     client = client_for(cfg)
     parts_curve = history(client, run_id, "val_accuracy")
     assert parts_curve == history(client, run_id_of(cfg, "whole-es"), "val_accuracy")
