@@ -19,13 +19,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
-from omegaconf import OmegaConf
 
-from study.config import checked_config
-from study.core.errors import ConfigError, describe_yaml_error, error_line
+from study.core.errors import ConfigError, error_line
 from study.core.masking import mask_secrets
 from study.core.names import (
     DEFAULT_TRACKING_URI,
@@ -78,19 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         return refuse(f"run {args.run_id}: not found in {where} ({error_line(error)})")
     with tempfile.TemporaryDirectory(prefix="study-reproduce-") as scratch:
         try:
-            config_file = Path(client.download_artifacts(args.run_id, "config.yaml", scratch))
-            logged = OmegaConf.load(config_file)
-            source_problem = replay.model_source_problem(original, logged)
-            if source_problem and not args.force:
-                return refuse(f"{source_problem}; pass --force to reproduce anyway")
-            cfg = checked_config(logged)
-        except (MlflowException, OSError) as error:
-            return refuse(f"run {args.run_id}: has no readable config.yaml artifact ({error_line(error)})")
-        except yaml.YAMLError as error:
-            where = describe_yaml_error(error).replace(str(Path(scratch) / "config.yaml"), "config.yaml")
-            return refuse(f"run {args.run_id}: {where}")
+            cfg, source_problem = replay.logged_config(client, original, Path(scratch), args.force)
         except ConfigError as error:
-            return refuse(f"run {args.run_id}: config.yaml: {error}")
+            return refuse(str(error))
         cfg = replay.with_tracking_uri(cfg, args.tracking_uri)
         if args.seeds:
             return replay.seed_variance(client, original, cfg, args.seeds, Path(scratch))

@@ -12,11 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
+from study.config.checks import checked_config
 from study.config.probes import builder_source_digest
+from study.core.errors import ConfigError, describe_yaml_error, error_line
 from study.core.names import (
     DATA_DIGEST_TAG,
     MODEL_SOURCE_TAG,
@@ -41,6 +45,31 @@ def with_tracking_uri(cfg: DictConfig, tracking_uri: str) -> DictConfig:
     plain = OmegaConf.to_container(cfg)
     plain["mlflow"]["tracking_uri"] = tracking_uri
     return OmegaConf.create(plain)
+
+
+def logged_config(
+    client: MlflowClient, original: Run, folder: Path, force: bool
+) -> tuple[DictConfig, str | None]:
+    """The run's config.yaml, checked, and what is wrong with its model's source (refused
+    unless `force`, before any of the module's code runs); any problem is a one-line ConfigError."""
+    run_id = original.info.run_id
+    try:
+        config_file = Path(client.download_artifacts(run_id, "config.yaml", str(folder)))
+        logged = OmegaConf.load(config_file)
+    except (MlflowException, OSError) as error:
+        raise ConfigError(
+            f"run {run_id}: has no readable config.yaml artifact ({error_line(error)})"
+        ) from None
+    except yaml.YAMLError as error:
+        where = describe_yaml_error(error).replace(str(folder / "config.yaml"), "config.yaml")
+        raise ConfigError(f"run {run_id}: {where}") from None
+    source_problem = model_source_problem(original, logged)
+    if source_problem and not force:
+        raise ConfigError(f"{source_problem}; pass --force to reproduce anyway")
+    try:
+        return checked_config(logged), source_problem
+    except ConfigError as error:
+        raise ConfigError(f"run {run_id}: config.yaml: {error}") from None
 
 
 def model_source_problem(original: Run, config: DictConfig) -> str | None:

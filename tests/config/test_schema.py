@@ -25,7 +25,9 @@ def group_options() -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize(("group", "option"), group_options())
 def test_every_group_option_composes_and_checks(group, option, tmp_path):
-    cfg = compose_config("train", [f"{group}={option}", f"runs_dir={tmp_path}"])
+    # The custom model is a user's: it names a builder (here one of the package's own).
+    builder = ["model.builder=study.training.models:build_softmax"] if option == "custom" else []
+    cfg = compose_config("train", [f"{group}={option}", f"runs_dir={tmp_path}", *builder])
     checked = checked_config(cfg)
     if group in ("data", "model", "optimizer"):
         assert checked[group].name == option
@@ -45,7 +47,7 @@ def test_group_options_are_typed_by_their_schema():
         (["model.dropuot_rate=0.3"], "model.dropuot_rate: Key 'dropuot_rate' not in 'CnnConfig'"),
         (["model.dropout_rate=abc"], "model.dropout_rate: Value 'abc' of type 'str' could not be converted"),
         (["trainer.epochs=three"], "trainer.epochs: Value 'three' of type 'str' could not be converted"),
-        (["model=resnet"], "Could not find 'model/resnet'; available: cnn, mlp, softmax"),
+        (["model=resnet"], "Could not find 'model/resnet'; available: cnn, custom, mlp, softmax"),
         (["model=softmax", "model.dropout_rate=0.2"], "model.dropout_rate: Key 'dropout_rate' not in"),
     ],
 )

@@ -90,7 +90,10 @@ def test_a_tracking_folder_that_is_a_file(tmp_path):
 @pytest.mark.parametrize(
     ("arrays", "expected"),
     [
-        ({"y_train": np.full(400, 200, np.uint8)}, "y_train: expected class labels 0..9, got 200"),
+        (
+            {"y_train": np.full(400, 200, np.uint8)},
+            "y_train: expected class labels 0..K-1 with training examples of each, got labels up to 200",
+        ),
         (
             {"x_test": np.zeros((100, 10, 10), np.uint8)},
             "x_test: expected test images of the training images' shape",
