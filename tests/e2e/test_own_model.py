@@ -99,7 +99,7 @@ def only_run(project: Path):
     return found
 
 
-@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+@pytest.mark.parametrize("backend", ["tensorflow", pytest.param("jax", marks=pytest.mark.slow)])
 def test_a_users_builder_trains_on_colour_images_and_replays_exactly(project, backend):
     done = run(project, "train", *BASE, *QUIET, backend=backend)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -130,6 +130,7 @@ def test_a_folder_of_class_subfolders_is_data(project):
     assert trained.data.tags["data.source"] == str((project / "folder").resolve())
 
 
+@pytest.mark.slow  # README's own-model study runs in the default suite (tests/e2e/test_readme.py)
 def test_a_study_of_a_users_model_runs_its_workers_on_it(project):
     overrides = ["search_space=width", "study.n_trials=4", "study.n_workers=2", "pruner=none", *QUIET]
     done = run(project, "sweep", *BASE, *overrides)
