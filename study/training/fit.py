@@ -59,6 +59,11 @@ class Segment:
         return math.ceil(step / steps_per_epoch) if self.unit == "epochs" else step
 
 
+def steps_per_epoch(dataset: Dataset, trainer: DictConfig) -> int:
+    """Optimizer steps in one epoch: the last batch may be short."""
+    return math.ceil(len(dataset.x_train) / trainer.batch_size)
+
+
 def fit_and_evaluate(
     cfg: DictConfig,
     start_at: StartingPoint,
@@ -86,7 +91,7 @@ def fit_and_evaluate(
         lambda epoch, metrics: labels.append(epoch),
     ]
     epoch_metrics = EpochMetrics(len(dataset.x_train), trainer.batch_size, sinks, on_epoch_end)
-    steps_per_epoch = math.ceil(len(dataset.x_train) / trainer.batch_size)
+    epoch_steps = steps_per_epoch(dataset, trainer)
     model, earlier = start_at.model, start_at.earlier
     callbacks = [
         epoch_metrics,
@@ -101,12 +106,13 @@ def fit_and_evaluate(
         callbacks.append(early)
     epochs = trainer.epochs
     if trainer.max_steps is not None and segment is None:
-        epochs = math.ceil(trainer.max_steps / steps_per_epoch)
-        callbacks.append(StepBudget(trainer.max_steps, steps_per_epoch))
+        epochs = math.ceil(trainer.max_steps / epoch_steps)
+        callbacks.append(StepBudget(trainer.max_steps, epoch_steps))
     start = time.perf_counter()
     try:
         if segment is not None:
-            fit_segment(model, dataset, trainer, callbacks, segment, start_at.first_step)
+            if early is None or not early.exhausted:  # early stopping may have ended the run before
+                fit_segment(model, dataset, trainer, callbacks, segment, start_at.first_step)
         else:
             fit_run(model, dataset, trainer, callbacks, epochs)
     finally:
@@ -218,18 +224,16 @@ def fit_segment(
     from study.training import backend
 
     size = len(dataset.x_train)
-    steps_per_epoch = math.ceil(size / trainer.batch_size)
-    stop = segment.stop_step(steps_per_epoch)
-    if any(getattr(callback, "exhausted", False) for callback in callbacks):
-        return  # early stopping ended the run in an earlier segment
+    epoch_steps = steps_per_epoch(dataset, trainer)
+    stop = segment.stop_step(epoch_steps)
     step = first_step
     while step < stop:
-        epoch, offset = divmod(step, steps_per_epoch)
-        end = min(stop, (epoch + 1) * steps_per_epoch)
+        epoch, offset = divmod(step, epoch_steps)
+        end = min(stop, (epoch + 1) * epoch_steps)
         picked = epoch_order(trainer.seed, epoch, size)[
-            offset * trainer.batch_size : (end - epoch * steps_per_epoch) * trainer.batch_size
+            offset * trainer.batch_size : (end - epoch * epoch_steps) * trainer.batch_size
         ]
-        label = segment.label(end, steps_per_epoch)
+        label = segment.label(end, epoch_steps)
         seed_random_layers(model, trainer.seed, epoch, offset)
         model.fit(
             **backend.in_order_batches(dataset.x_train[picked], dataset.y_train[picked], trainer.batch_size),

@@ -84,9 +84,10 @@ class StartingPoint:
             return cls(model)
         up_to = segment.label(first_step, steps_per_epoch)
         earlier = tuple(earlier_points(tracker, "val_accuracy", up_to))
-        if monitor is None or monitor == "val_accuracy":
-            return cls(model, first_step, earlier, earlier if monitor else ())
-        return cls(model, first_step, earlier, tuple(earlier_points(tracker, monitor, up_to)))
+        watched = (
+            earlier if monitor in (None, "val_accuracy") else tuple(earlier_points(tracker, monitor, up_to))
+        )
+        return cls(model, first_step, earlier, watched)
 
     @property
     def best_so_far(self) -> float | None:

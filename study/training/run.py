@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +31,7 @@ from study.core.names import (
     VERSION_TAG_PREFIX,
 )
 from study.training.data import Dataset, load_dataset
-from study.training.fit import EpochCallback, Segment, fit_and_evaluate
+from study.training.fit import EpochCallback, Segment, fit_and_evaluate, steps_per_epoch
 from study.training.resume import StartingPoint, best_checkpoint
 
 # Keras (and with it TensorFlow) and MLflow are imported where a run needs them, not here:
@@ -96,13 +95,12 @@ def train(
             tracker if owned else contextlib.nullcontext(tracker),
             system_metrics(cfg.mlflow.tracking_uri, tracker.run_id, interval),
         ):
-            if not resume:  # the first segment logged the params; MLflow refuses to change them
-                log_run_description(tracker, cfg, dataset)
-            if resume:
-                steps_per_epoch = math.ceil(len(dataset.x_train) / cfg.trainer.batch_size)
+            if resume:  # the first segment logged the params; MLflow refuses to change them
                 monitor = cfg.trainer.early_stopping.monitor if cfg.trainer.early_stopping.patience else None
-                start_at = StartingPoint.resumed(tracker, folder, segment, steps_per_epoch, monitor)
+                epoch_steps = steps_per_epoch(dataset, cfg.trainer)
+                start_at = StartingPoint.resumed(tracker, folder, segment, epoch_steps, monitor)
             else:
+                log_run_description(tracker, cfg, dataset)
                 start_at = StartingPoint(model)
             logdir = Path(tensorboard_dir) if tensorboard_dir is not None else folder / "tensorboard"
             metrics = fit_and_evaluate(

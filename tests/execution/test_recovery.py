@@ -98,7 +98,7 @@ def test_a_truncated_sqlite_study_file_is_refused_with_one_line(tmp_path):
     assert str(database) in str(caught.value) and "\n" not in str(caught.value)
 
 
-def test_recovery_on_an_in_memory_storage_fails_and_retries_a_dead_workers_trial():
+def test_recovery_on_an_in_memory_storage_fails_and_retries_a_dead_workers_trial(tmp_path):
     """The rule needs nothing of a database: Optuna's in-memory storage gets the same recovery."""
     study = optuna.create_study(study_name="memory", storage=optuna.storages.InMemoryStorage())
     study.enqueue_trial({"x": 0.25})
@@ -107,7 +107,8 @@ def test_recovery_on_an_in_memory_storage_fails_and_retries_a_dead_workers_trial
     alive = study.ask(X)
     study._storage.set_trial_user_attr(alive._trial_id, WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
     cfg = OmegaConf.create({"heartbeat_interval": 5, "max_retry": 1, "storage": ":memory:"})
-    assert fail_ownerless_trials(study, cfg, "sqlite:///unused.db") == 1
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # the dead attempt has no run to end there
+    assert fail_ownerless_trials(study, cfg, tracking_uri) == 1
     states = [t.state for t in study.get_trials(deepcopy=False)]
     assert states == [TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]
     retry = study.get_trials(deepcopy=False)[2]
