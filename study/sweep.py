@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from study.config import CONFIG_DIR
 from study.core.cli import report_input_errors, run_cli
+from study.core.retry import StoreUnreachableError
 from study.execution import StudyIncompleteError, run_sweep
 
 
@@ -23,7 +24,8 @@ def main(cfg: DictConfig) -> float | None:
     config_dir, overrides = worker_composition(HydraConfig.get())
     try:
         summary = run_sweep(cfg, overrides, config_dir, HydraConfig.get().job.config_name)
-    except StudyIncompleteError as error:  # the parent run says FAILED; the user needs one line
+    # The parent run says FAILED (or a store went away before there was one): one line.
+    except (StudyIncompleteError, StoreUnreachableError) as error:
         print(f"study.sweep: error: {error}", file=sys.stderr)
         sys.exit(1)
     return summary.get("best_val_accuracy")

@@ -43,6 +43,9 @@ class StudyConfig:
     # Seconds; a worker silent for 2x this is declared dead.
     heartbeat_interval: int = field(default=10, metadata=at_least(1))
     max_retry: int = field(default=1, metadata=at_least(0))  # re-runs of a trial whose worker died
+    # Seconds a call to the study storage or the tracking store waits out an outage (a refused or
+    # dropped connection, retried with back-off) before the session gives up; 0: at once.
+    store_retry_seconds: int = field(default=60, metadata=at_least(0))
     # Stop after this many failed trials (default: n_trials).
     max_failed_trials: int | None = field(default=None, metadata=at_least(1, optional=True))
     output_dir: str = "${runs_dir}/studies/${study.name}"

@@ -21,6 +21,8 @@ BASELINE_ATTR = "baseline"  # the enqueued trial of the base config's values
 RETRY_OF_ATTR = "retry_of"
 CONFIG_ATTR = "config"  # scheduler=asha, a promotion: the number of its configuration's first trial
 RUNG_ATTR = "rung"  # scheduler=asha: the rung a trial trains up to
+# Optuna trial system attributes (Optuna's own retry callback writes and reads this one).
+RETRY_FAILED_TRIAL_ATTR = "failed_trial"  # a retry: the number of the trial it repeats
 # Attributes of one attempt at a trial: a retry starts without them.
 ATTEMPT_ATTRS = (MLFLOW_RUN_ATTR, FAIL_REASON_ATTR, NOT_NEEDED_ATTR, WORKER_ATTR)
 
@@ -42,6 +44,9 @@ MODEL_URI_TAG = "mlflow_model_uri"  # on the winner's run: where its MLflow mode
 # On the winner's run and its registered version: which best.keras the model is. A promotion
 # (scheduler=asha) in a resumed study can improve the winner's checkpoint after it was logged.
 CHECKPOINT_TAG = "checkpoint_sha256"
+# On the winner's logged model: host:pid of the driver that logs it. A rerun deletes a model
+# left PENDING once that driver is gone.
+LOGGED_BY_TAG = "study.logged_by"
 BEST_RUN_TAG = "best_trial_run_id"  # on the parent
 BEST_MODEL_TAG = "best_trial_model_uri"  # on the parent
 BEST_TEST_METRIC = "best_trial_test_accuracy"  # on the parent: the winner's test accuracy

@@ -3,7 +3,9 @@
 The objective owns the trial's MLflow run from start to end (`TrialRun`): it opens the run,
 hands its tracker to `train`, and the way training ends sets the run's status and the
 `optuna.trial.state` tag before the run ends. Every way a trial can fail leaves a one-line
-reason on the trial, so the study's failure budget counts it.
+reason on the trial, so the study's failure budget counts it. A trial that another process
+failed and retried while this worker was silent is not this worker's to fail or tell: every
+write checks the trial's fence first (`fencing.TrialLost`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from study.core.names import (
     TRIAL_NUMBER_TAG,
     WORKER_ATTR,
 )
-from study.execution.recovery import worker_identity
+from study.core.processes import process_identity
+from study.execution.fencing import TrialFence, TrialLost
 from study.execution.signals import WorkerSignals
 from study.execution.trial_run import TrialRun
 from study.search import asha
@@ -71,32 +74,49 @@ class TrialObjective:
         self.study_dir = study_dir
         self.signals = signals or WorkerSignals()
         self.current: optuna.Trial | None = None  # the trial this worker runs now
+        self.fence: TrialFence | None = None  # is `current` still this worker's
         self.budget = budget  # is a trial needed
         self.ladder = budget.ladder  # scheduler=asha: the rungs; None: each trial trains its whole budget
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.current = trial
+        self.fence = TrialFence.of(trial, process_identity(), self.settings.study.heartbeat_interval)
         try:
             try:
-                trial.set_user_attr(WORKER_ATTR, worker_identity())  # first: who owns this trial
+                trial.set_user_attr(WORKER_ATTR, self.fence.owner)  # first: who owns this trial
             finally:
                 self.signals.release()  # held since before study.ask(); a signal now raises here
-            return self._run(trial)
+            value = self._run(trial)
+            self.fence.check()  # Optuna tells the trial next: only while it is this worker's
+            return value
         except KeyboardInterrupt:
             log.info("trial %d: interrupted; it will be retried", trial.number)
             raise Interrupted from None
         except optuna.TrialPruned as pruned:
+            self.fence.check()
             log.info("trial %d: %s", trial.number, pruned)
             raise
         except NotNeeded as surplus:
+            self.fence.check()
             trial.set_user_attr(NOT_NEEDED_ATTR, True)
             trial.set_user_attr(FAIL_REASON_ATTR, f"not needed: {surplus}")
             log.info("trial %d: not needed (%s)", trial.number, surplus)
             raise
         except Exception as error:
+            self.fence.check()  # a write refused for a trial another process failed: lost, not failed
             trial.set_user_attr(FAIL_REASON_ATTR, short_error(error))
             log.exception("trial %d failed: %s", trial.number, short_error(error))
             raise
+
+    def lost(self) -> str | None:
+        """Why the current trial is no longer this worker's; None while it is."""
+        if self.fence is None:
+            return None
+        try:
+            self.fence.check()
+        except TrialLost as lost:
+            return str(lost)
+        return None
 
     def _run(self, trial: optuna.Trial) -> float:
         import keras  # the backend starts in the worker, not in the driver that imports this
@@ -120,7 +140,7 @@ class TrialObjective:
             keras.backend.clear_session()  # each trial builds its model in a fresh graph
             metrics = train(
                 cfg,
-                on_epoch_end=self._reporter(trial),
+                on_epoch_end=self._reporter(trial, self.fence),
                 tracker=tracker,
                 tensorboard_dir=logdir,
                 evaluate_test=False,  # the study's winner alone meets the test set, at the end
@@ -165,11 +185,12 @@ class TrialObjective:
                 run_name=f"{self.settings.study.name}-trial-{trial.number:04d}",
                 tags=tags,
                 parent_run_id=self.parent_run_id,
+                fence=self.fence,
             )
         run_id = next(t for t in trials if t.number == config).user_attrs[MLFLOW_RUN_ATTR]
         trial.set_user_attr(MLFLOW_RUN_ATTR, run_id)  # first: a dead worker's cleanup ends this run
         # The run's optuna.trial.number becomes this trial's: the trial that trains it now.
-        return TrialRun.resume(self.base.mlflow, run_id, tags)
+        return TrialRun.resume(self.base.mlflow, run_id, tags, self.fence)
 
     def _tags(self, trial: optuna.Trial, frozen: FrozenTrial) -> dict[str, str]:
         tags = {
@@ -184,8 +205,9 @@ class TrialObjective:
         return tags
 
     @staticmethod
-    def _reporter(trial: optuna.Trial):
+    def _reporter(trial: optuna.Trial, fence: TrialFence):
         def report(epoch: int, metrics: dict[str, float]) -> None:
+            fence.check()
             trial.report(metrics["val_accuracy"], step=epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,8 @@ class WorkerPool:
     def __init__(self, study_cfg: DictConfig, spec: WorkerSpec, logs: Path):
         self.spec = spec
         self.logs = logs
+        # Drivers that share runs_dir (and the study) each write their own spec files.
+        self.session = uuid.uuid4().hex[:8]
         self.logs.mkdir(parents=True, exist_ok=True)
         self.workers = [
             Worker(index, env, cores) for index, (env, cores) in enumerate(worker_slots(study_cfg))
@@ -120,7 +123,7 @@ class WorkerPool:
             )
 
     def spec_file(self, worker: Worker) -> Path:
-        return self.logs / f"worker_{worker.index}.json"
+        return self.logs / f"worker_{worker.index}.{self.session}.json"
 
     def log_file(self, worker: Worker) -> Path:
         return self.logs / f"worker_{worker.index}.log"

@@ -4,7 +4,9 @@ A trial is safe from the moment it exists. A RUNNING trial with no live owner is
 retried with the same parameters and user attributes (the enqueued baseline stays the
 baseline) by whichever process notices first: a driver starting or polling, or a worker
 between trials. "No live owner" is any of:
-- its heartbeat went stale (Optuna's own check, RDB storages);
+- its heartbeat went stale (Optuna's own check, RDB storages; any host): a worker that is
+  alive but silent (stopped, swapping, cut off) loses its trial after 2 x
+  study.heartbeat_interval, and finds out when it wakes (`fencing`);
 - its worker (`host:pid`, recorded right after the trial is asked for) was on this machine
   and that process is gone;
 - it has no worker recorded and started more than a grace period ago: its process died
@@ -18,8 +20,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-import socket
 import time
 
 import optuna
@@ -33,10 +33,12 @@ from study.core.names import (
     FAIL_REASON_ATTR,
     MLFLOW_RUN_ATTR,
     PARENT_RUN_ATTR,
+    RETRY_FAILED_TRIAL_ATTR,
     STATE_TAG,
     TRIAL_NUMBER_TAG,
     WORKER_ATTR,
 )
+from study.core.processes import gone_from_this_machine
 from study.tracking.runs import RunTracker
 
 log = logging.getLogger(__name__)
@@ -55,15 +57,35 @@ class RetryWithSameParams:
     dead attempt's MLflow run (KILLED, state FAIL).
     """
 
-    def __init__(self, tracking_uri: str, max_retry: int):
+    def __init__(self, tracking_uri: str, max_retry: int, counted: bool = True):
         self.tracking_uri = tracking_uri
         self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=False)
+        self.counted = counted  # False: an interrupt is no failure of the trial's
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         attempt = copy.deepcopy(trial)
         attempt.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ATTEMPT_ATTRS}
-        self.retry(study, attempt)  # first: an unreachable tracking server must not cost the retry
+        # First: an unreachable tracking server must not cost the retry.
+        if self.counted:
+            self.retry(study, attempt)
+        else:
+            requeue_uncounted(study, attempt)
         end_runs_of_dead_trial(self.tracking_uri, study, trial)
+
+
+def requeue_uncounted(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue a trial again as Optuna's retry callback does (same parameters, `failed_trial`
+    pointing back), without adding to its retry history: study.max_retry is not spent."""
+    system_attrs = {RETRY_FAILED_TRIAL_ATTR: trial.number, **trial.system_attrs}
+    study.add_trial(
+        optuna.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs=trial.user_attrs,
+            system_attrs=system_attrs,
+        )
+    )
 
 
 def end_runs_of_dead_trial(tracking_uri: str, study: optuna.Study, trial: FrozenTrial) -> None:
@@ -95,15 +117,6 @@ def running_runs_of_trial(client: MlflowClient, study: optuna.Study, number: int
     return [run.info.run_id for run in runs]
 
 
-def has_heartbeat(storage: optuna.storages.BaseStorage) -> bool:
-    """RDB storages made here beat; the journal file cannot."""
-    return isinstance(storage, optuna.storages.RDBStorage)
-
-
-def worker_identity() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def has_no_live_owner(trial: FrozenTrial, grace_seconds: float, now: float | None = None) -> bool:
     """A RUNNING trial whose worker is gone, as far as this machine can tell (see the module
     docstring); a stale heartbeat is Optuna's own check."""
@@ -114,8 +127,7 @@ def has_no_live_owner(trial: FrozenTrial, grace_seconds: float, now: float | Non
         now = time.time() if now is None else now
         started = trial.datetime_start.timestamp() if trial.datetime_start else now
         return now - started > grace_seconds
-    host, _, pid = owner.rpartition(":")
-    return host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid))
+    return gone_from_this_machine(owner)
 
 
 def fail_ownerless_trials(
@@ -126,8 +138,9 @@ def fail_ownerless_trials(
 ) -> int:
     """Fail and retry every RUNNING trial with no live owner; returns how many this process
     failed (another process may win the race for some)."""
-    if has_heartbeat(study._storage):
-        optuna.storages.fail_stale_trials(study)  # stale heartbeats: Optuna's check and our retry
+    # Stale heartbeats, on any host: Optuna's check (it sees through its cache wrapper, and
+    # does nothing on a storage without heartbeats), then our retry callback.
+    optuna.storages.fail_stale_trials(study)
     trials = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if trials is None else trials
     grace = grace_period(study_cfg)
     failed = 0
@@ -141,12 +154,17 @@ def fail_ownerless_trials(
 
 
 def fail_and_retry(
-    study: optuna.Study, trial: FrozenTrial, reason: str, study_cfg: DictConfig, tracking_uri: str
+    study: optuna.Study,
+    trial: FrozenTrial,
+    reason: str,
+    study_cfg: DictConfig,
+    tracking_uri: str,
+    counted: bool = True,
 ) -> bool:
     """Fail a RUNNING trial and queue its retry; False if another process finished it first."""
     if not fail_trial(study, trial, reason):
         return False
-    retry = RetryWithSameParams(tracking_uri, study_cfg.max_retry)
+    retry = RetryWithSameParams(tracking_uri, study_cfg.max_retry, counted)
     retry(study, study._storage.get_trial(trial._trial_id))
     return True
 
@@ -159,16 +177,6 @@ def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
         return storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
     except optuna.exceptions.UpdateFinishedTrialError:
         return False
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def end_abandoned_run(client: MlflowClient, run_id: str, state: TrialState, reason: str) -> bool:
@@ -202,13 +210,15 @@ def end_orphaned_runs(study: optuna.Study, parent: RunTracker) -> int:
 
 def fail_interrupted_trial(study: optuna.Study, trial: optuna.Trial | None, settings, base) -> None:
     """The trial this worker was running when told to stop: failed and retried at once (its
-    run already ended KILLED), so the next session runs it again."""
+    run already ended KILLED), so the next session runs it again. An interrupt is no fault of
+    the trial's: the retry does not count against study.max_retry."""
     if trial is None:
         return
     frozen = study._storage.get_trial(trial._trial_id)
     tracking_uri = base.mlflow.tracking_uri
     if frozen.state == TrialState.RUNNING:
-        fail_and_retry(study, frozen, "interrupted (Ctrl-C or SIGTERM)", settings.study, tracking_uri)
+        reason = "interrupted (Ctrl-C or SIGTERM)"
+        fail_and_retry(study, frozen, reason, settings.study, tracking_uri, counted=False)
     elif frozen.state == TrialState.FAIL and FAIL_REASON_ATTR not in frozen.user_attrs:
         # Optuna failed it when the interrupt came between its own lines: retry it all the same.
-        RetryWithSameParams(tracking_uri, settings.study.max_retry)(study, frozen)
+        RetryWithSameParams(tracking_uri, settings.study.max_retry, counted=False)(study, frozen)

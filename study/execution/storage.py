@@ -2,13 +2,16 @@
 
 `study.storage` is an Optuna storage URL (SQLite, PostgreSQL, MySQL: an RDB storage with
 heartbeats) or a journal file path (for shared file systems; no heartbeat). An RDB storage
-gets Optuna's heartbeat and the retry of a stale trial (`recovery.RetryWithSameParams`); a
-damaged or foreign file is refused with one line naming it.
+gets Optuna's heartbeat and the retry of a stale trial (`recovery.RetryWithSameParams`), and
+waits out a database outage (`retrying_storage`); a damaged or foreign file is refused with one
+line naming it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sqlite3
 import time
 import warnings
 from pathlib import Path
@@ -20,7 +23,10 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from study.core.errors import ConfigError
 from study.core.masking import mask_secrets
+from study.core.retry import DEFAULT_WINDOW_SECONDS, set_window_seconds
 from study.execution.recovery import RetryWithSameParams, grace_period
+from study.execution.retrying_storage import RetryingRDBStorage
+from study.tracking.retrying import cover_http_outages
 
 # Heartbeats, retries and TPE's `group` are marked experimental by Optuna; they are what we want.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -31,11 +37,13 @@ SQLITE_LOCK_TIMEOUT_SECONDS = 60  # several workers write to one SQLite file
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 15
 SCHEMA_RACE_DELAYS = (0.5, 1.0, 2.0)  # seconds between looks at a schema being created
 SQLITE_HEADER = b"SQLite format 3\x00"
-# An empty file this young is being made by another driver that starts the same study.
-FRESH_FILE_SECONDS = 10
+# A driver that creates a study's SQLite file writes its header within milliseconds: an empty
+# file that stays empty this long is not being made by another driver starting the study.
+EMPTY_FILE_WAIT_SECONDS = 2.0
 
 
 def make_storage(study_cfg: DictConfig, tracking_uri: str) -> optuna.storages.BaseStorage:
+    set_store_retry_window(study_cfg)
     url = study_cfg.storage
     retry = RetryWithSameParams(tracking_uri, study_cfg.max_retry)
     if "://" not in url:
@@ -45,16 +53,19 @@ def make_storage(study_cfg: DictConfig, tracking_uri: str) -> optuna.storages.Ba
             return JournalStorage(JournalFileBackend(url))
         except Exception as error:
             raise ConfigError(describe_storage_error(error, url)) from None
-    engine_kwargs = {}
+    # A pooled connection that a database restart closed is replaced before it is used.
+    engine_kwargs = {"pool_pre_ping": True}
     if url.startswith("sqlite:"):
         database = url.removeprefix("sqlite:///")
         if database and database != ":memory:":
             check_existing_file(Path(database), "an Optuna SQLite database", _sqlite_header_ok)
+            check_sqlite_intact(Path(database))
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine_kwargs = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_SECONDS}}
+            use_write_ahead_log(Path(database))
+        engine_kwargs["connect_args"] = {"timeout": SQLITE_LOCK_TIMEOUT_SECONDS}
     elif url.startswith("postgresql"):
         # A host that drops packets answers in seconds, not after the system's TCP time-out.
-        engine_kwargs = {"connect_args": {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS}}
+        engine_kwargs["connect_args"] = {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS}
     try:
         return rdb_storage(
             url,
@@ -67,15 +78,24 @@ def make_storage(study_cfg: DictConfig, tracking_uri: str) -> optuna.storages.Ba
         raise ConfigError(describe_storage_error(error, url)) from None
 
 
+def set_store_retry_window(study_cfg: DictConfig) -> None:
+    """Every store call of this process waits out an outage for study.store_retry_seconds: the
+    driver and each worker open the study storage here before they use any store."""
+    window = study_cfg.get("store_retry_seconds", DEFAULT_WINDOW_SECONDS)  # plain test configs lack it
+    set_window_seconds(window)
+    cover_http_outages(window)
+
+
 def rdb_storage(url: str, **kwargs) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage. Drivers on several machines starting on a new database all create
-    Optuna's tables; PostgreSQL lets one CREATE TABLE win and fails the others: look again."""
+    """Optuna's RDB storage, retrying while the database is unreachable. Drivers on several
+    machines starting on a new database all create Optuna's tables; PostgreSQL lets one CREATE
+    TABLE win and fails the others: look again."""
     for delay in SCHEMA_RACE_DELAYS:
         try:
-            return optuna.storages.RDBStorage(url, **kwargs)
+            return RetryingRDBStorage(url, **kwargs)
         except sqlalchemy.exc.IntegrityError:
             time.sleep(delay)
-    return optuna.storages.RDBStorage(url, **kwargs)
+    return RetryingRDBStorage(url, **kwargs)
 
 
 def check_existing_file(path: Path, kind: str, header_ok) -> None:
@@ -85,7 +105,12 @@ def check_existing_file(path: Path, kind: str, header_ok) -> None:
     if path.is_dir():
         raise ConfigError(f"study.storage: {path} is a folder; expected {kind}")
     size = path.stat().st_size
-    if size == 0 and time.time() - path.stat().st_mtime > FRESH_FILE_SECONDS:
+    waited = 0.0
+    while size == 0 and waited < EMPTY_FILE_WAIT_SECONDS:  # another driver may be creating it
+        time.sleep(0.1)
+        waited += 0.1
+        size = path.stat().st_size
+    if size == 0:
         raise ConfigError(
             f"study.storage: {path} is empty (0 bytes), not {kind}; it may be damaged: "
             "restore it, or move it away to start a new study"
@@ -94,6 +119,33 @@ def check_existing_file(path: Path, kind: str, header_ok) -> None:
         head = file.read(len(SQLITE_HEADER))
     if size and not header_ok(head):
         raise ConfigError(f"study.storage: {path} is not {kind} (damaged or another kind of file)")
+
+
+def use_write_ahead_log(path: Path) -> None:
+    """SQLite's write-ahead log (kept by the file from then on): readers never block writers,
+    so a worker frozen (SIGSTOP) between two reads of the study cannot lock the driver and the
+    other workers out, and the driver can fail the frozen worker's trial. Only a process frozen
+    inside one of its short writes still holds the others up."""
+    with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_LOCK_TIMEOUT_SECONDS)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+
+
+def check_sqlite_intact(path: Path) -> None:
+    """SQLite's own quick check of every page (milliseconds for a study's file): bytes damaged
+    in the middle of the file are one line naming it, not a traceback from deep in a query."""
+    if not path.is_file():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            db.execute(f"PRAGMA busy_timeout = {SQLITE_LOCK_TIMEOUT_SECONDS * 1000}")
+            problems = [row[0] for row in db.execute("PRAGMA quick_check")]
+    except sqlite3.DatabaseError as error:
+        problems = [str(error)]
+    if problems != ["ok"]:
+        raise ConfigError(
+            f"study.storage: {path} is a damaged Optuna SQLite database ({problems[0]}); "
+            "restore it from a backup, or move it away to start a new study"
+        )
 
 
 def _sqlite_header_ok(head: bytes) -> bool:

@@ -18,6 +18,7 @@ import optuna
 
 from study.config.checks import checked_config, checked_sweep_config
 from study.config.compose import sweep_composer
+from study.execution.fencing import TrialLost
 from study.execution.objective import Interrupted, TrialObjective
 from study.execution.recovery import (
     fail_interrupted_trial,
@@ -89,6 +90,12 @@ def run_worker(spec: WorkerSpec, signals: WorkerSignals) -> int:
                 if verdict.promotion is not None:  # asha: optimize takes the waiting trial first
                     study.enqueue_trial(verdict.promotion.params, user_attrs=verdict.promotion.user_attrs)
                 study.optimize(objective, n_trials=1, catch=(Exception,))
+            except TrialLost as lost:
+                log.warning("%s; this worker goes on to the next trial", lost)
+            except ValueError:  # "Cannot tell a FAIL trial": failed by another process just now
+                if objective.lost() is None:
+                    raise
+                log.warning("%s; this worker goes on to the next trial", objective.lost())
             finally:
                 signals.release()
             objective.current = None  # told: nothing of this worker's is left to clean up

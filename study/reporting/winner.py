@@ -1,6 +1,7 @@
 """The study's winner: evaluated once on the test set, crowned on its run and the parent run,
 its best checkpoint logged as an MLflow model and registered (once, however many drivers
-finish the study together)."""
+finish the study together). Every step converges: a driver killed part way leaves what it
+made for the next one that finishes the study (the same command again) to reuse and complete."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import contextlib
 import hashlib
 import logging
 import tempfile
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,8 +18,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import optuna
 from mlflow import MlflowClient
+from mlflow.entities import LoggedModel, LoggedModelStatus
 from mlflow.exceptions import MlflowException
 from omegaconf import OmegaConf
+from optuna.trial import FrozenTrial
 
 from study.config.checks import checked_config
 from study.core.names import (
@@ -24,13 +29,15 @@ from study.core.names import (
     BEST_RUN_TAG,
     BEST_TEST_METRIC,
     CHECKPOINT_TAG,
+    LOGGED_BY_TAG,
     METRIC,
     MLFLOW_RUN_ATTR,
     MODEL_URI_TAG,
     WINNER_TAG,
 )
+from study.core.processes import gone_from_this_machine, of_this_machine, process_identity
 from study.search.ranking import best_trial
-from study.tracking.lineage import log_keras_model
+from study.tracking.lineage import log_keras_model, register_logged_model
 from study.tracking.runs import RunTracker
 from study.training.data import load_dataset
 
@@ -38,6 +45,10 @@ if TYPE_CHECKING:  # Keras is imported where a model is evaluated: config errors
     import keras
 
 log = logging.getLogger(__name__)
+
+# Logging one model takes seconds: one of another machine still PENDING after this has no
+# live driver (this machine's drivers are checked by their pid).
+ABANDONED_AFTER_S = 15 * 60
 
 
 def evaluate_winner(
@@ -66,8 +77,9 @@ def evaluate_winner(
             data.x_test, data.y_test, batch_size=cfg.trainer.eval_batch_size, verbose=0
         )
         logits = model.predict(data.x_test, batch_size=cfg.trainer.eval_batch_size, verbose=0)
-        model_uri, registered_here = log_winner_model(
-            client, run_id, model, checkpoint_sha256, data.x_test, registered_model
+        tags = version_tags(best, float(test_accuracy), study.study_name)
+        model_uri = log_winner_model(
+            client, run_id, model, checkpoint_sha256, data.x_test, registered_model, tags
         )
     predictions = np.argmax(logits, axis=1)
     display = ConfusionMatrixDisplay.from_predictions(data.y_test, predictions, colorbar=False)
@@ -83,8 +95,9 @@ def evaluate_winner(
         BEST_RUN_TAG: run_id,
         BEST_MODEL_TAG: model_uri,
     }
-    if registered_here:
-        describe_version(client, model_uri, best, float(test_accuracy), study.study_name)
+    if registered_model:  # always: a driver killed after it registered the version left it undescribed
+        description = version_description(best, float(test_accuracy), study.study_name)
+        describe_version(client, model_uri, tags, description)
     crown(client, parent_run_id, run_id)
     parent = RunTracker(client, parent_run_id)
     parent.log_metrics({key: value for key, value in summary.items() if not key.endswith(("_id", "_uri"))})
@@ -112,10 +125,12 @@ def log_winner_model(
     checkpoint_sha256: str,
     images: np.ndarray,
     registered_model: str | None,
-) -> tuple[str, bool]:
+    version_tags: Mapping[str, str] | None = None,
+) -> str:
     """The winner as an MLflow model on its own run: its URI (models:/NAME/VERSION when
-    registered), and whether this call made the registered version. A resumed study whose
-    winner and its checkpoint did not change logs nothing new."""
+    registered under `registered_model`, the version made with `version_tags`). A resumed
+    study whose winner and its checkpoint did not change logs nothing new, and one finished
+    again after its driver died part way completes what that driver left: see winner_model."""
     tags = client.get_run(run_id).data.tags
     logged = tags.get(MODEL_URI_TAG)
     if (
@@ -123,50 +138,137 @@ def log_winner_model(
         and tags.get(CHECKPOINT_TAG) == checkpoint_sha256
         and (registered_model is None or logged.startswith(f"models:/{registered_model}/"))
     ):
-        return logged, False
-    info = log_keras_model(
-        client.tracking_uri, run_id, model, images, registered_model, {CHECKPOINT_TAG: checkpoint_sha256}
-    )
-    uri, registered_here = info.model_uri, False
-    if registered_model and info.registered_model_version is not None:
-        version = int(info.registered_model_version)
-        first = first_version_of(client, registered_model, run_id, checkpoint_sha256)
-        if first < version:  # another driver of this study registered this winner a moment ago
-            client.delete_model_version(registered_model, str(version))
-            client.delete_logged_model(info.model_id)
-            log.info("the winner is version %d of %s, registered by another driver", first, registered_model)
-        uri, registered_here = f"models:/{registered_model}/{first}", first == version
+        return logged
+    remove_abandoned_models(client, run_id)
+    uri = winner_model(client, run_id, model, checkpoint_sha256, images, registered_model, version_tags or {})
     RunTracker(client, run_id).set_tags({MODEL_URI_TAG: uri, CHECKPOINT_TAG: checkpoint_sha256})
-    return uri, registered_here
+    return uri
 
 
-def first_version_of(client: MlflowClient, registered_model: str, run_id: str, checkpoint_sha256: str) -> int:
+def winner_model(
+    client: MlflowClient,
+    run_id: str,
+    model: keras.Model,
+    checkpoint_sha256: str,
+    images: np.ndarray,
+    registered_model: str | None,
+    version_tags: Mapping[str, str],
+) -> str:
+    """Each step made once, whichever driver made it: a version already made from the run and
+    checkpoint is the winner's (its driver died before it tagged the run, or another driver
+    registered it a moment ago); a model already logged READY with the checkpoint is
+    registered, not logged again (its driver died before it registered it)."""
+    if registered_model and (first := first_version_of(client, registered_model, run_id, checkpoint_sha256)):
+        return f"models:/{registered_model}/{first}"
+    model_id = ready_model_of(client, run_id, checkpoint_sha256)
+    logged_here = model_id is None
+    if logged_here:
+        model_tags = {
+            CHECKPOINT_TAG: checkpoint_sha256,
+            LOGGED_BY_TAG: process_identity(),
+        }
+        model_id = log_keras_model(client.tracking_uri, run_id, model, images, model_tags=model_tags).model_id
+    if not registered_model:
+        return f"models:/{model_id}"
+    tags = {**version_tags, CHECKPOINT_TAG: checkpoint_sha256}
+    return register_once(client, registered_model, run_id, model_id, tags, logged_here)
+
+
+def register_once(
+    client: MlflowClient,
+    registered_model: str,
+    run_id: str,
+    model_id: str,
+    version_tags: Mapping[str, str],
+    logged_here: bool,
+) -> str:
+    """Register the logged model; if another driver's version of the same run and checkpoint
+    came first, drop this one (and the model, when this driver logged it: no version names it)."""
+    uri = f"models:/{model_id}"
+    version = int(register_logged_model(client.tracking_uri, uri, registered_model, version_tags).version)
+    first = first_version_of(client, registered_model, run_id, version_tags[CHECKPOINT_TAG])
+    if first < version:  # another driver of this study registered this winner a moment ago
+        client.delete_model_version(registered_model, str(version))
+        if logged_here:
+            client.delete_logged_model(model_id)
+        log.info("the winner is version %d of %s, registered by another driver", first, registered_model)
+    return f"models:/{registered_model}/{first}"
+
+
+def first_version_of(
+    client: MlflowClient, registered_model: str, run_id: str, checkpoint_sha256: str
+) -> int | None:
     """Drivers that share a study see it done at the same moment and each evaluate and
     register its winner. The registry keeps the first version made from the winner's run and
     checkpoint; a driver whose version came later deletes its own, so every driver ends up
-    naming the same one, whatever the order of their writes."""
+    naming the same one, whatever the order of their writes. None: no version yet."""
     same_model = f"run_id = '{run_id}' and tags.{CHECKPOINT_TAG} = '{checkpoint_sha256}'"
     versions = client.search_model_versions(f"name = '{registered_model}' and {same_model}")
-    return min(int(version.version) for version in versions)
+    return min((int(version.version) for version in versions), default=None)
 
 
-def describe_version(client: MlflowClient, model_uri: str, best, test_accuracy: float, study: str) -> None:
+def models_of_run(client: MlflowClient, run_id: str) -> list[LoggedModel]:
+    """The logged models of a run that are not deleted, oldest first."""
+    experiment_id = client.get_run(run_id).info.experiment_id
+    found = client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
+    return sorted(found, key=lambda logged: logged.creation_timestamp)
+
+
+def ready_model_of(client: MlflowClient, run_id: str, checkpoint_sha256: str) -> str | None:
+    """The oldest READY model of the run logged from this checkpoint: every driver picks the same one."""
+    for logged in models_of_run(client, run_id):
+        if logged.status == LoggedModelStatus.READY and logged.tags.get(CHECKPOINT_TAG) == checkpoint_sha256:
+            return logged.model_id
+    return None
+
+
+def remove_abandoned_models(client: MlflowClient, run_id: str) -> None:
+    """A driver killed while it logged the winner leaves its model PENDING for good: deleted
+    here once that driver is gone. A PENDING model of a live driver is left alone: it is the
+    winner being logged right now by another driver that finishes the study (deleting it
+    would fail that driver's logging)."""
+    for logged in models_of_run(client, run_id):
+        if logged.status == LoggedModelStatus.PENDING and logger_gone(logged):
+            client.delete_logged_model(logged.model_id)
+            log.info("deleted model %s: its driver died while it logged it", logged.model_id)
+
+
+def logger_gone(logged: LoggedModel, now: float | None = None) -> bool:
+    """Whether the process that logs a model is gone, as far as this machine can tell: one of
+    this machine that no longer runs; another machine's after longer than logging takes."""
+    logged_by = logged.tags.get(LOGGED_BY_TAG, "")
+    if of_this_machine(logged_by):
+        return gone_from_this_machine(logged_by)
+    now = time.time() if now is None else now
+    return now - logged.creation_timestamp / 1000 > ABANDONED_AFTER_S
+
+
+def version_tags(best: FrozenTrial, test_accuracy: float, study: str) -> dict[str, str]:
     """What the registered version is: which study and trial, and how well it did."""
-    name, version = model_uri.removeprefix("models:/").rsplit("/", 1)
-    tags = {
+    return {
         "study": study,
-        "trial": best.number,
+        "trial": str(best.number),
         METRIC: f"{best.value:.4f}",
         "test_accuracy": f"{test_accuracy:.4f}",
     }
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, str(value))
-    client.update_model_version(
-        name,
-        version,
-        description=(
-            f"Winner of study {study}: trial {best.number}, {METRIC} {best.value:.4f}, "
-            f"test_accuracy {test_accuracy:.4f}. Inputs: float32 images scaled to [0, 1]; "
-            "outputs: one logit per class."
-        ),
+
+
+def version_description(best: FrozenTrial, test_accuracy: float, study: str) -> str:
+    return (
+        f"Winner of study {study}: trial {best.number}, {METRIC} {best.value:.4f}, "
+        f"test_accuracy {test_accuracy:.4f}. Inputs: float32 images scaled to [0, 1]; "
+        "outputs: one logit per class."
     )
+
+
+def describe_version(client: MlflowClient, model_uri: str, tags: Mapping[str, str], description: str) -> None:
+    """Give the registered version its tags and description, writing only what it lacks: a
+    version is made with its tags, and a driver killed before it wrote the description
+    leaves it to the next one that finishes the study. Each write is idempotent."""
+    name, version = model_uri.removeprefix("models:/").rsplit("/", 1)
+    current = client.get_model_version(name, version)
+    for key, value in tags.items():
+        if current.tags.get(key) != value:
+            client.set_model_version_tag(name, version, key, value)
+    if current.description != description:
+        client.update_model_version(name, version, description=description)

@@ -1,6 +1,7 @@
 """The tracking layer: MLflow runs through the client API (`runs`), the store checked before
 anything is written (`runs.check_tracking_store`), lineage in MLflow's own terms (`lineage`:
-dataset inputs, logged models, system metrics) and TensorBoard event files (`tensorboard`)."""
+dataset inputs, logged models, system metrics), TensorBoard event files (`tensorboard`), and
+clients that wait out an outage of the tracking store (`retrying`)."""
 
 from study.tracking.runs import (
     RunTracker,

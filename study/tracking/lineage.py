@@ -23,6 +23,7 @@ from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import DatasetInput, InputTag
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.types import Schema, TensorSpec
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
@@ -117,10 +118,11 @@ def log_keras_model(
     images: np.ndarray,
     registered_model: str | None = None,
     version_tags: Mapping[str, str] | None = None,
+    model_tags: Mapping[str, str] | None = None,
 ) -> mlflow.models.model.ModelInfo:
-    """Log a Keras model on a run as an MLflow model with its signature and an input example;
-    register it under `registered_model` when given, the version created with `version_tags`.
-    Loadable with `mlflow.pyfunc.load_model` and servable with `mlflow models serve`."""
+    """Log a Keras model on a run as an MLflow model with its signature, an input example and
+    `model_tags`; register it under `registered_model` when given, the version created with
+    `version_tags`. Loadable with `mlflow.pyfunc.load_model` and servable with `mlflow models serve`."""
     import keras
 
     example = images[:INPUT_EXAMPLE_SIZE]
@@ -144,18 +146,29 @@ def log_keras_model(
         signature=signature,
         input_example=example,
         pip_requirements=requirements,
+        # On the logged model from its first (PENDING) moment: a rerun tells a model that a
+        # killed process left PENDING, or logged READY and never registered, by these tags.
+        tags=dict(model_tags or {}),
         # The example is not replayed through a scoring server at logging time (seconds, and
         # Keras progress bars in the log): the tests load the registered model and predict.
         validate_serving_input=False,
     )
     if registered_model:
-        # Registered here, not by Model.log: its tags are the version's from its first moment,
-        # so another process searching the registry never sees the version without them.
-        version = mlflow.register_model(
-            info.model_uri, registered_model, await_registration_for=60, tags=dict(version_tags or {})
-        )
+        version = register_logged_model(tracking_uri, info.model_uri, registered_model, version_tags)
         info.registered_model_version = version.version
     return info
+
+
+def register_logged_model(
+    tracking_uri: str, model_uri: str, registered_model: str, version_tags: Mapping[str, str] | None = None
+) -> ModelVersion:
+    """A new version of `registered_model` made from the logged model at `model_uri`."""
+    mlflow.set_tracking_uri(tracking_uri)  # mlflow.register_model reads the global URI
+    # Registered here, not by Model.log: its tags are the version's from its first moment,
+    # so another process searching the registry never sees the version without them.
+    return mlflow.register_model(
+        model_uri, registered_model, await_registration_for=60, tags=dict(version_tags or {})
+    )
 
 
 def keras_flavor() -> types.SimpleNamespace:
@@ -175,10 +188,18 @@ class _Monitor(SystemMetricsMonitor):
     """MLflow's monitor, counting what it published."""
 
     published = 0
+    discarding = False  # the run may have ended: nothing more is recorded
 
     def publish_metrics(self, metrics) -> None:
+        if self.discarding:
+            return
         super().publish_metrics(metrics)
         self.published += 1
+
+    def discard(self) -> None:
+        self.discarding = True
+        self.mlflow_logger.data = []
+        self.finish()
 
 
 @contextlib.contextmanager
@@ -198,14 +219,25 @@ def system_metrics(tracking_uri: str, run_id: str, interval: float | None) -> It
         return
     try:
         yield
-    finally:
-        monitor.finish()
-        if not monitor.published:
-            try:
-                monitor.publish_metrics(monitor.aggregate_metrics())
-                monitor.mlflow_logger.flush()
-            except Exception as error:
-                log.warning("system metrics not logged: %s", error)
+    except Exception:
+        _stop(monitor)
+        raise
+    except BaseException:
+        # An interrupt, or a trial that another process took over while this one was stopped:
+        # its run may have ended already, so the samples not yet written are dropped.
+        monitor.discard()
+        raise
+    _stop(monitor)
+
+
+def _stop(monitor: _Monitor) -> None:
+    monitor.finish()
+    if not monitor.published:
+        try:
+            monitor.publish_metrics(monitor.aggregate_metrics())
+            monitor.mlflow_logger.flush()
+        except Exception as error:
+            log.warning("system metrics not logged: %s", error)
 
 
 VERSIONED_PACKAGES = ("keras", "tensorflow", "jax", "jaxlib", "numpy", "mlflow", "optuna", "hydra-core")

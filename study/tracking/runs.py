@@ -36,6 +36,7 @@ from omegaconf import DictConfig
 from study.core.errors import ConfigError, error_line, short_error
 from study.core.masking import mask_secrets
 from study.core.names import ERROR_TAG
+from study.tracking.retrying import RetryingClient, retrying
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +99,8 @@ class RunTracker:
     for Ctrl-C or SystemExit) with the error as the `error` tag, and is re-raised.
     """
 
-    def __init__(self, client: MlflowClient, run_id: str):
-        self.client = client
+    def __init__(self, client: MlflowClient | RetryingClient, run_id: str):
+        self.client = retrying(client)  # waits out an outage of the tracking store
         self.run_id = run_id
         self._pending: list[Future] = []
         self._writer: ThreadPoolExecutor | None = None  # started by the first metrics
@@ -112,7 +113,7 @@ class RunTracker:
         tags: Mapping[str, str] | None = None,
         parent_run_id: str | None = None,
     ) -> RunTracker:
-        client = MlflowClient(tracking_uri=mlflow_cfg.tracking_uri)
+        client = retrying(MlflowClient(tracking_uri=mlflow_cfg.tracking_uri))
         experiment_id = get_or_create_experiment(client, mlflow_cfg)
         run_tags = resolve_tags(dict(tags or {}))  # user, source, entry point's git commit
         commit = get_git_commit(str(PACKAGE_DIR))  # the code that trains, however it was started
@@ -135,7 +136,7 @@ class RunTracker:
     @classmethod
     def resume(cls, mlflow_cfg: DictConfig, run_id: str) -> RunTracker:
         """Log into a run that a caller created (a sweep creates each trial's run)."""
-        client = MlflowClient(tracking_uri=mlflow_cfg.tracking_uri)
+        client = retrying(MlflowClient(tracking_uri=mlflow_cfg.tracking_uri))
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         return cls(client, run_id)
 
@@ -158,7 +159,11 @@ class RunTracker:
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mlflow-{self.run_id[:8]}")
         for chunk in _chunks(entries, MAX_METRICS_PER_BATCH):
-            self._pending.append(self._writer.submit(self.client.log_batch, self.run_id, metrics=chunk))
+            self._pending.append(self._writer.submit(self._write_metrics, chunk))
+
+    def _write_metrics(self, metrics: list[Metric]) -> None:
+        """In the writer thread: one batch of queued metrics."""
+        self.client.log_batch(self.run_id, metrics=metrics)
 
     def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
         if local_path.is_dir():

@@ -125,6 +125,7 @@ def test_range_checks_declared_on_the_schema_fields(overrides, expected):
     [
         (["study.n_trials=0"], "study.n_trials: expected an integer >= 1, got 0"),
         (["study.timeout=0"], "study.timeout: expected null or > 0, got 0.0"),
+        (["study.store_retry_seconds=-1"], "study.store_retry_seconds: expected an integer >= 0, got -1"),
         (["study.name=a b"], "study.name: expected letters, digits, '_', '.' and '-', got 'a b'"),
         (["sampler.seed=-1"], "sampler.seed: expected null or an integer in [0, 2**32 - 1], got -1"),
         (

@@ -24,23 +24,63 @@ def as_postgres(command: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
 
 
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 that a test can stop and start again (same
+    port, same data): a database restart as an operator does it."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.port = free_port()
+        self.url = f"postgresql://study:{PASSWORD}@127.0.0.1:{self.port}"  # with (ignored) credentials
+
+    def create(self) -> None:
+        self._run(
+            [f"{PG_BIN}/initdb", "-D", str(self.root / "data"), "-U", "study", "--auth=trust", "-E", "UTF8"]
+        )
+        self.start()
+        for database in ("optuna", "mlflow"):
+            self._run(
+                [f"{PG_BIN}/createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "study", database]
+            )
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        self._pg_ctl("-l", str(self.root / "log"), "-w", "-o", options, "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """`fast`: sessions are ended (their clients see the connection dropped), then it stops."""
+        self._pg_ctl("-m", mode, "-w", "stop")
+
+    def _pg_ctl(self, *args: str) -> None:
+        self._run([f"{PG_BIN}/pg_ctl", "-D", str(self.root / "data"), *args])
+
+    @staticmethod
+    def _run(command: list[str]) -> None:
+        subprocess.run(as_postgres(command), check=True, capture_output=True)
+
+
 @pytest.fixture(scope="module")
-def postgres():
-    """A throwaway PostgreSQL cluster; yields a URL prefix with (ignored) credentials."""
+def postgres_cluster():
+    """A throwaway PostgreSQL cluster with the databases `optuna` and `mlflow`."""
     if PG_BIN is None:
         pytest.skip("needs PostgreSQL server binaries (Debian package postgresql; .ci/run installs it)")
     root = Path(tempfile.mkdtemp(prefix="study-pg-"))
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
-    port = free_port()
-    run = lambda command: subprocess.run(as_postgres(command), check=True, capture_output=True)  # noqa: E731
-    run([f"{PG_BIN}/initdb", "-D", str(root / "data"), "-U", "study", "--auth=trust", "-E", "UTF8"])
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=200"
-    run([f"{PG_BIN}/pg_ctl", "-D", str(root / "data"), "-l", str(root / "log"), "-w", "-o", options, "start"])
+    cluster = PostgresCluster(root)
     try:
-        for database in ("optuna", "mlflow"):
-            run([f"{PG_BIN}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "study", database])
-        yield f"postgresql://study:{PASSWORD}@127.0.0.1:{port}"
+        cluster.create()
+        yield cluster
     finally:
-        run([f"{PG_BIN}/pg_ctl", "-D", str(root / "data"), "-m", "immediate", "stop"])
+        # Not checked: a test may have left it stopped.
+        subprocess.run(
+            as_postgres([f"{PG_BIN}/pg_ctl", "-D", str(root / "data"), "-m", "immediate", "stop"]),
+            capture_output=True,
+        )
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def postgres(postgres_cluster):
+    """A throwaway PostgreSQL cluster; yields a URL prefix with (ignored) credentials."""
+    return postgres_cluster.url

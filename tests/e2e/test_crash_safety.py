@@ -250,8 +250,7 @@ def test_damaged_study_file_is_refused_and_kept(sweep_setup):
     tmp_path, overrides = sweep_setup
     database = tmp_path / "runs" / "optuna.db"
     database.parent.mkdir(parents=True)
-    database.write_bytes(b"")
-    os.utime(database, (1e9, 1e9))  # an old empty file: not one another driver is making now
+    database.write_bytes(b"")  # made just now: empty is refused whatever the file's age
     done = sweep(overrides, tmp_path)
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()
@@ -350,3 +349,27 @@ def test_a_worker_whose_interrupt_is_swallowed_still_exits(tmp_path):
     finally:
         if worker.poll() is None:
             worker.kill()
+
+
+@pytest.mark.slow
+def test_two_drivers_started_together_share_runs_dir_and_study(sweep_setup):
+    """Two drivers of one study on one SQLite file and one runs_dir, started 0.5 s apart:
+    each worker reads its own driver's spec file, nothing crashes or restarts."""
+    tmp_path, overrides = sweep_setup
+    overrides += ["study.n_trials=6", "study.n_workers=2", "pruner=none", "trainer.epochs=2"]
+    command = [sys.executable, "-m", "study.sweep", *overrides]
+    first = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    time.sleep(0.5)
+    second = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    outputs = [driver.communicate(timeout=600)[0] for driver in (first, second)]
+    for driver, output in zip((first, second), outputs, strict=True):
+        assert driver.returncode == 0, output[-3000:]
+        assert "exited with" not in output and "starting a replacement" not in output, output[-3000:]
+    check_invariants(tmp_path, n_trials=6)
+    logs = "".join(p.read_text() for p in (tmp_path / "runs" / "studies" / "default" / "logs").glob("*.log"))
+    assert "FileNotFoundError" not in logs and "Traceback" not in logs
+    assert not list((tmp_path / "runs").rglob("worker_*.json"))

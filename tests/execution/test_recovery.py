@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from optuna.trial import TrialState
 
 from study.core.errors import ConfigError
 from study.core.names import BASELINE_ATTR, MLFLOW_RUN_ATTR, WORKER_ATTR
-from study.execution.recovery import fail_ownerless_trials, has_no_live_owner
+from study.execution.recovery import fail_interrupted_trial, fail_ownerless_trials, has_no_live_owner
 from study.execution.storage import make_storage
 
 STUDY_CFG = OmegaConf.create({"heartbeat_interval": 5, "max_retry": 1, "storage": ""})
@@ -74,8 +75,7 @@ def test_trials_without_a_live_owner_are_failed_and_retried_with_their_params(tm
 )
 def test_a_damaged_sqlite_study_file_is_refused_with_one_line(tmp_path, content, expected):
     database = tmp_path / "optuna.db"
-    database.write_bytes(content)
-    os.utime(database, (1e9, 1e9))  # not one another driver is making right now
+    database.write_bytes(content)  # just now: an empty file is refused whatever its age
     cfg = OmegaConf.create({**STUDY_CFG, "storage": f"sqlite:///{database}"})
     with pytest.raises(ConfigError, match=expected) as caught:
         make_storage(cfg, f"sqlite:///{tmp_path}/mlflow.db")
@@ -83,16 +83,22 @@ def test_a_damaged_sqlite_study_file_is_refused_with_one_line(tmp_path, content,
     assert database.read_bytes() == content  # never replaced
 
 
-def test_a_truncated_sqlite_study_file_is_refused_with_one_line(tmp_path):
+@pytest.mark.parametrize("damage", ["truncated", "random bytes in the middle"])
+def test_a_damaged_sqlite_study_file_is_refused_with_one_line_naming_it(tmp_path, damage):
     database = tmp_path / "optuna.db"
     url = f"sqlite:///{database}"
     study = optuna.create_study(study_name="s", storage=url)
-    for _ in range(20):
+    for _ in range(200):
         study.enqueue_trial({"x": 0.1})
     content = database.read_bytes()
-    database.write_bytes(content[: len(content) // 3])
+    if damage == "truncated":
+        database.write_bytes(content[: len(content) // 3])
+    else:
+        middle = len(content) // 2
+        noise = random.Random(0).randbytes(4096)
+        database.write_bytes(content[:middle] + noise + content[middle + len(noise) :])
     cfg = OmegaConf.create({**STUDY_CFG, "storage": url})
-    with pytest.raises(ConfigError, match="cannot be opened as an Optuna study store") as caught:
+    with pytest.raises(ConfigError, match="is a damaged Optuna SQLite database") as caught:
         storage = make_storage(cfg, f"sqlite:///{tmp_path}/mlflow.db")
         optuna.load_study(study_name="s", storage=storage).get_trials()
     assert str(database) in str(caught.value) and "\n" not in str(caught.value)
@@ -114,3 +120,29 @@ def test_recovery_on_an_in_memory_storage_fails_and_retries_a_dead_workers_trial
     retry = study.get_trials(deepcopy=False)[2]
     assert retry.params == {"x": 0.25} and WORKER_ATTR not in retry.user_attrs
     assert RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == orphan.number
+
+
+def test_an_interrupt_does_not_spend_the_trials_retries(tmp_path):
+    """A baseline interrupted once in each of three sessions (max_retry=1) runs in the fourth:
+    an interrupt is no failure of the trial's; a dead worker still spends a retry."""
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/optuna.db")
+    study.enqueue_trial({"x": 0.5}, user_attrs={BASELINE_ATTR: True})
+    base = OmegaConf.create({"mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}})
+    settings = OmegaConf.create({"study": STUDY_CFG})
+    first = None
+    for _ in range(3):
+        trial = study.ask(X)
+        first = trial.number if first is None else first
+        fail_interrupted_trial(study, trial, settings, base)
+    retry = study.ask(X)
+    assert retry.params == {"x": 0.5} and retry.user_attrs == {BASELINE_ATTR: True}
+    assert RetryHeartbeatStaleTrialCallback.retried_trial_number(study.trials[retry.number]) == first
+    assert RetryHeartbeatStaleTrialCallback.retry_history(study.trials[retry.number]) == []
+
+    retry.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{dead_pid()}")  # then its worker dies
+    fail_ownerless_trials(study, STUDY_CFG, base.mlflow.tracking_uri)
+    last = study.ask(X)
+    assert last.params == {"x": 0.5}
+    last.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{dead_pid()}")
+    fail_ownerless_trials(study, STUDY_CFG, base.mlflow.tracking_uri)
+    assert not [t for t in study.trials if t.state == TrialState.WAITING]  # max_retry=1 spent
