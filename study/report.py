@@ -19,7 +19,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from study.core.masking import mask_secrets
+from study.core.masking import mask_console, mask_secrets, private_files
 from study.core.names import DEFAULT_TRACKING_URI
 from study.reporting.tables import ReportError, experiment_table, study_table
 from study.tracking import missing_local_store
@@ -71,4 +71,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    mask_console()  # also tracebacks that quote a URL
+    private_files()  # its reports and scratch files are the owner's alone
     sys.exit(main())

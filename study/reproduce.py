@@ -21,8 +21,9 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
+from study.core.cli import at_least_zero
 from study.core.errors import ConfigError, error_line
-from study.core.masking import mask_secrets
+from study.core.masking import mask_console, mask_secrets, private_files
 from study.core.names import (
     DEFAULT_TRACKING_URI,
     REPRODUCED_BY_TAG,
@@ -46,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--tolerance",
-        type=float,
+        type=at_least_zero(float),
         default=0.0,
         help="largest allowed absolute difference of a metric (default 0: a CPU run is deterministic)",
     )
@@ -54,7 +55,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--force", action="store_true", help="go on when the data digest or the package versions differ"
     )
     parser.add_argument(
-        "--seeds", type=int, default=0, help="re-train with this many other seeds and report mean and std"
+        "--seeds",
+        type=at_least_zero(int),
+        default=0,
+        help="re-train with this many other seeds and report mean and std",
     )
     return parser.parse_args(argv)
 
@@ -72,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         original = client.get_run(args.run_id)
     except Exception as error:  # no such run, or a store that cannot be read
         return refuse(f"run {args.run_id}: not found in {where} ({error_line(error)})")
+    if original.info.lifecycle_stage == "deleted":
+        return refuse(f"run {args.run_id}: deleted in {where} (mlflow runs restore --run-id {args.run_id})")
     with tempfile.TemporaryDirectory(prefix="study-reproduce-") as scratch:
         try:
             cfg, source_problem = replay.logged_config(client, original, Path(scratch), args.force)
@@ -108,4 +114,6 @@ def refuse(message: str) -> int:
 
 
 if __name__ == "__main__":
+    mask_console()  # also tracebacks that quote a URL
+    private_files()  # its reports and scratch files are the owner's alone
     sys.exit(main())

@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 
 from study.core.cli import quiet_library_loggers
-from study.core.masking import mask_console
+from study.core.masking import mask_console, private_files
 from study.execution import EXIT_CODE, WorkerSignals, WorkerSpec, run_worker
 
 log = logging.getLogger("study.worker")
@@ -17,6 +17,7 @@ log = logging.getLogger("study.worker")
 
 def main() -> None:
     mask_console()  # its log file shows no password, also in MLflow's or SQLAlchemy's errors
+    private_files()  # a worker started by hand (not by study.sweep) too
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     # Optuna would log every failed trial with a traceback, expected ones ("not needed",
     # interrupted) too; the objective logs one line per outcome itself.

@@ -11,6 +11,7 @@ from study.config.checks import (
 )
 from study.config.compose import Composer, compose_config, merge_overrides, sweep_composer
 from study.config.probes import gpus_problem, storage_problem, tracking_uri_problem, visible_gpus
+from study.config.run_dirs import TRAIN_RUN_DIR
 from study.config.schema import CONFIG_DIR, SCHEMAS, register_configs
 from study.config.study_schema import SWEEP_SCHEMAS
 
@@ -18,6 +19,7 @@ __all__ = [
     "CONFIG_DIR",
     "SCHEMAS",
     "SWEEP_SCHEMAS",
+    "TRAIN_RUN_DIR",
     "Composer",
     "check_fields",
     "check_on_this_machine",

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from study.config.fields import CHECK, MACHINE_CHECK
-from study.config.probes import import_builder
+from study.config.probes import check_keras_backend, import_builder
 from study.config.schema import SCHEMAS, TrainConfig
 from study.config.study_schema import SWEEP_KEYS, SWEEP_SCHEMAS, SweepStudyPart
 from study.core.errors import ConfigError, describe_omegaconf_error
@@ -33,6 +33,7 @@ def checked_config(cfg: DictConfig) -> DictConfig:
     except OmegaConfBaseException as error:
         raise ConfigError(describe_omegaconf_error(error)) from None
     check_fields(typed)
+    check_keras_backend()
     OmegaConf.set_readonly(typed, True)
     return typed
 

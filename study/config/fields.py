@@ -3,6 +3,7 @@ key and its range check one line. `checks.check_fields` applies them."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +41,25 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-POSITIVE = must("a number > 0", lambda v: v > 0)
+POSITIVE = must("a finite number > 0", lambda v: 0 < v < float("inf"))
+
+
+# Layer widths and filter counts: a typo such as 1e9 is refused, not tried for hours.
+MAX_UNITS = 65536
+UNITS = must(f"an integer in [1, {MAX_UNITS}]", lambda v: 1 <= v <= MAX_UNITS)
+
+
+NAME_LENGTH = 100  # MLflow, Optuna and folders all take this many characters
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+
+
+def is_name(value: str) -> bool:
+    """Letters, digits, '_', '.' and '-', at most NAME_LENGTH: a study, a folder, a model name."""
+    return len(value) <= NAME_LENGTH and re.fullmatch(NAME_PATTERN, value) is not None
+
+
+NAME_EXPECTED = f"letters, digits, '_', '.' and '-' (at most {NAME_LENGTH})"
+NAME = must(NAME_EXPECTED, is_name)
 
 
 FRACTION = must("a number in [0, 1)", lambda v: 0 <= v < 1)  # dropout, Adam's betas, RMSprop's rho

@@ -8,11 +8,13 @@ schema declares them on its fields, so a bad value fails as any other range chec
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import types
@@ -45,18 +47,27 @@ def storage_problem(storage: str) -> str | None:
     """What is wrong with `study.storage`, found without connecting to it."""
     if not URL_LIKE.match(storage):
         return _file_problem(Path(storage), "a journal file path")
-    return _database_url_problem(storage, STORAGE_FORMS)
+    return _database_url_problem(storage, STORAGE_FORMS) or _foreign_sqlite(storage, "Optuna", "MLflow")
+
+
+# MLflow 3 refuses new runs in its file store (a folder such as ./mlruns, or file:).
+FILE_STORE_REFUSED = (
+    "a database URL (e.g. sqlite:///runs/mlflow.db) or a tracking server (http://host:5000); "
+    "MLflow 3 no longer takes runs in a folder (its file store; `mlflow migrate-filestore` moves one)"
+)
 
 
 def tracking_uri_problem(uri: str) -> str | None:
     """What is wrong with `mlflow.tracking_uri`, found without connecting to it."""
-    if not URL_LIKE.match(uri):
-        return _folder_problem(Path(uri), "a folder for MLflow's file store")
-    scheme = uri.split(":", 1)[0].lower()
+    if uri == "databricks":  # MLflow's name for the workspace of the configured profile
+        return None
+    scheme = uri.split(":", 1)[0].lower() if URL_LIKE.match(uri) else "file"
+    if scheme == "file":  # a folder, or file:
+        return FILE_STORE_REFUSED
     if scheme.split("+", 1)[0] in DATABASE_SCHEMES:
-        return _database_url_problem(uri, "a database URL MLflow can open")
-    if scheme == "file":
-        return _folder_problem(Path(urllib.parse.urlsplit(uri).path), "a folder for MLflow's file store")
+        return _database_url_problem(uri, "a database URL MLflow can open") or _foreign_sqlite(
+            uri, "MLflow", "Optuna"
+        )
     if scheme in ("http", "https"):
         try:
             parts = urllib.parse.urlsplit(uri)
@@ -117,12 +128,41 @@ def _file_problem(path: Path, what: str) -> str | None:
 
 
 def _folder_problem(path: Path, what: str) -> str | None:
-    """A folder that exists or can be made: the nearest existing ancestor must be a folder."""
+    """A folder that exists or can be made: the nearest existing ancestor must be a folder
+    this process may write in (a read-only file system or folder is said now, not mid-run)."""
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
         return f"{what}, but {existing} is a file"
+    if existing.exists() and not os.access(existing, os.W_OK | os.X_OK):
+        return f"{what}, but {existing} cannot be written (read-only)"
+    return None
+
+
+def folder_problem(path: str) -> str | None:
+    """For a schema field naming a local folder (runs_dir, study.output_dir); URLs are the
+    tracking server's business."""
+    return None if URL_LIKE.match(path) else _folder_problem(Path(path), "a folder that can be made")
+
+
+# Tables that tell whose SQLite file it is: a store given as the other tool's is refused
+# before either writes its own tables into it.
+STORE_TABLES = {"Optuna": {"studies", "trials"}, "MLflow": {"experiments", "runs"}}
+
+
+def _foreign_sqlite(url: str, expected: str, other: str) -> str | None:
+    match = SQLITE_FILE.fullmatch(url)
+    path = Path(match["database"]) if match else None
+    if path is None or not path.is_file() or path.stat().st_size == 0:
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error:
+        return None  # not a database: the store itself says so, naming the file
+    if STORE_TABLES[other] <= tables and not STORE_TABLES[expected] <= tables:
+        return f"an {expected} database, but {path} is {other}'s"
     return None
 
 
@@ -242,3 +282,13 @@ def _import_user_module(name: str) -> types.ModuleType:
         raise ConfigError(
             f"model.builder: no module {name!r} importable from {os.getcwd()} (expected {BUILDER_FORM})"
         ) from None
+
+
+KERAS_BACKENDS = ("tensorflow", "jax", "torch", "numpy", "openvino")
+
+
+def check_keras_backend() -> None:
+    """KERAS_BACKEND names a backend Keras has: said now, not by a traceback once a model is built."""
+    name = os.environ.get("KERAS_BACKEND")
+    if name is not None and name not in KERAS_BACKENDS:
+        raise ConfigError(f"KERAS_BACKEND: expected one of {', '.join(KERAS_BACKENDS)}, got {name!r}")

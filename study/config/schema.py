@@ -21,8 +21,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from study.config.fields import CHECK, FRACTION, FRACTION_CLOSED, POSITIVE, SEED, Check, at_least, must
-from study.config.probes import tracking_uri_problem
+from study.config.fields import CHECK, FRACTION, FRACTION_CLOSED, POSITIVE, SEED, UNITS, Check, at_least, must
+from study.config.probes import folder_problem, tracking_uri_problem
 from study.config.study_schema import SWEEP_SCHEMAS, SweepStudyPart
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -58,18 +58,18 @@ class SoftmaxConfig:
 @dataclass
 class MlpConfig:
     name: str = "mlp"
-    hidden1_units: int = field(default=128, metadata=at_least(1))
-    hidden2_units: int = field(default=32, metadata=at_least(1))
+    hidden1_units: int = field(default=128, metadata=UNITS)
+    hidden2_units: int = field(default=32, metadata=UNITS)
     dropout_rate: float = field(default=0.0, metadata=FRACTION)
 
 
 @dataclass
 class CnnConfig:
     name: str = "cnn"
-    filters1: int = field(default=32, metadata=at_least(1))
-    filters2: int = field(default=64, metadata=at_least(1))
-    kernel_size: int = field(default=5, metadata=at_least(1))
-    dense_units: int = field(default=1024, metadata=at_least(1))
+    filters1: int = field(default=32, metadata=UNITS)
+    filters2: int = field(default=64, metadata=UNITS)
+    kernel_size: int = field(default=5, metadata=must("an integer in [1, 64]", lambda v: 1 <= v <= 64))
+    dense_units: int = field(default=1024, metadata=UNITS)
     dropout_rate: float = field(default=0.5, metadata=FRACTION)
 
 
@@ -154,9 +154,13 @@ class MlflowConfig:
     tracking_uri: str = field(
         default="sqlite:///${runs_dir}/mlflow.db", metadata={CHECK: Check(lambda v: tracking_uri_problem(v))}
     )
-    experiment_name: str = "study"
+    experiment_name: str = field(
+        default="study", metadata=must("a non-empty name", lambda v: 0 < len(v.strip()) <= 500)
+    )
     # Where a new experiment keeps its artifacts; ignored when the experiment exists.
-    artifact_location: str = "${runs_dir}/mlartifacts"
+    artifact_location: str = field(
+        default="${runs_dir}/mlartifacts", metadata={CHECK: Check(lambda v: folder_problem(v))}
+    )
     run_name: str | None = None  # default: what the run is, e.g. cnn-adam-mnist
     tags: dict[str, str] = field(default_factory=dict)  # extra run tags: +mlflow.tags.team=vision
     # Seconds between samples of CPU, memory and GPU use (MLflow system metrics); null: off.
@@ -172,7 +176,7 @@ class TrainConfig:
     optimizer: Any = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
-    runs_dir: str = "runs"
+    runs_dir: str = field(default="runs", metadata={CHECK: Check(lambda v: folder_problem(v))})
 
 
 @dataclass

@@ -3,29 +3,36 @@ entries, samplers, pruners and schedulers (`python -m study.sweep`)."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import MISSING
 
-from study.config.fields import CHECK, MACHINE_CHECK, OPTIONAL_SEED, Check, at_least, auto_or_at_least, must
-from study.config.probes import gpus_problem, storage_problem
+from study.config.fields import (
+    CHECK,
+    MACHINE_CHECK,
+    NAME,
+    NAME_EXPECTED,
+    OPTIONAL_SEED,
+    Check,
+    at_least,
+    auto_or_at_least,
+    is_name,
+    must,
+)
+from study.config.probes import folder_problem, gpus_problem, storage_problem
 
 
 @dataclass
 class StudyConfig:
-    name: str = field(
-        default="default",
-        metadata=must(
-            "letters, digits, '_', '.' and '-'",
-            lambda v: re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v) is not None,
-        ),
-    )
+    name: str = field(default="default", metadata=NAME)
     # Complete + pruned trials in the whole study, earlier sessions included.
     n_trials: int = field(default=20, metadata=at_least(1))
     # Seconds; no new trial starts after it (this session).
-    timeout: float | None = field(default=None, metadata=must("null or > 0", lambda v: v is None or v > 0))
+    timeout: float | None = field(
+        default=None,
+        metadata=must("null or a finite number > 0", lambda v: v is None or 0 < v < float("inf")),
+    )
     # The objective is the best validation accuracy of a trial.
     direction: str = field(
         default="maximize", metadata=must("'maximize' (validation accuracy)", lambda v: v == "maximize")
@@ -48,9 +55,14 @@ class StudyConfig:
     store_retry_seconds: int = field(default=60, metadata=at_least(0))
     # Stop after this many failed trials (default: n_trials).
     max_failed_trials: int | None = field(default=None, metadata=at_least(1, optional=True))
-    output_dir: str = "${runs_dir}/studies/${study.name}"
+    output_dir: str = field(
+        default="${runs_dir}/studies/${study.name}", metadata={CHECK: Check(lambda v: folder_problem(v))}
+    )
     # Model Registry name the winner is registered under (models:/NAME/latest); null: not registered.
-    registered_model: str | None = "${study.name}"
+    registered_model: str | None = field(
+        default="${study.name}",
+        metadata=must(f"null or {NAME_EXPECTED}", lambda v: v is None or is_name(v)),
+    )
 
 
 @dataclass

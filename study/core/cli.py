@@ -3,8 +3,10 @@ output never shows a password."""
 
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
+import math
 import os
 import signal
 import sys
@@ -17,7 +19,7 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from study.core.errors import ConfigError, describe_error
-from study.core.masking import mask_console, mask_files, mask_log_records, mask_secrets
+from study.core.masking import mask_console, mask_files, mask_log_records, mask_secrets, private_files
 
 INPUT_ERRORS = (ConfigError, HydraException, OmegaConfBaseException, yaml.YAMLError)
 
@@ -32,6 +34,7 @@ def run_cli(hydra_main: Callable[[], object]) -> None:
     everything the command prints, tracebacks and Hydra's own lines included.
     """
     mask_console()
+    private_files()
     sys.argv[1:] = config_paths_from_cwd(sys.argv[1:])
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     quiet_library_loggers()
@@ -70,6 +73,8 @@ def quiet_library_loggers() -> None:
     again; the command reports the raised error once, in one line (a full disk, a locked
     file), so the logged copy is noise."""
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    # A databricks URI without credentials: warned here, then raised (and said once) by MLflow.
+    logging.getLogger("mlflow.utils.databricks_utils").setLevel(logging.ERROR)
 
 
 def report_input_errors(task_function: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -95,6 +100,7 @@ def report_input_errors(task_function: Callable[[Any], Any]) -> Callable[[Any], 
 def mask_hydra_output() -> None:
     """Mask credentials in the job's Hydra output folder and in what its loggers write."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     mask_log_records()
     if not HydraConfig.initialized():
@@ -102,6 +108,8 @@ def mask_hydra_output() -> None:
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.output_subdir is not None:
         mask_files(Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir)
+    if hydra_cfg.mode == RunMode.MULTIRUN:  # `-m`: Hydra saved the overrides once for all jobs
+        mask_files(Path(hydra_cfg.sweep.dir), "multirun.yaml")
 
 
 def exit_with_input_error(error: BaseException) -> None:
@@ -112,3 +120,19 @@ def exit_with_input_error(error: BaseException) -> None:
 
 def _exit_on_sigterm(signum, frame) -> None:
     sys.exit(128 + signum)
+
+
+def at_least_zero(kind: type) -> Callable[[str], float]:
+    """An argparse type: a finite number >= 0 of `kind` (int or float)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not 0 <= value < math.inf:
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {what} >= 0, got {text!r}")
+        return value
+
+    return parse

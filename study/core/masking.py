@@ -8,15 +8,28 @@ imports nothing heavy: error messages use it before any backend starts.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from pathlib import Path
 from typing import TextIO
 
 # scheme://user:password@host -> scheme://user:***@host; ?password=... and the like too.
-# The password runs to the last "@" of the authority, so "p@ss" is masked whole.
-_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^:/@\s]*:)([^/\s]*)(@)")
-_QUERY_SECRET = re.compile(r"((?:password|passwd|pwd|token|secret|access_key|secret_key)=)([^&\s]+)", re.I)
+# Generated passwords hold "/", "+", "%2F" and even "@", and text shows URLs escaped: Hydra
+# writes "postgresql\://user\:pw@" (multirun), URL-encoding "%3A%2F%2F", "%40". So the
+# password is anything up to the LAST "@" before the next URL of the same word (over-masking
+# "host:5000/a@b" is the safe mistake), and each separator may come in either escaped form.
+# Bounded repeats: every console write goes through this, and unbounded ones made a long
+# word (a progress bar, a base64 blob) cost quadratic time.
+_COLON = r"(?:\\?:|%3[aA])"
+_AT = r"(?:@|%40)"
+_SCHEME = rf"[a-zA-Z][\w+.-]{{0,31}}{_COLON}(?://|%2[fF]%2[fF])"
+_USER = r"(?:[^:/@\s\\%]|%(?!3[aA]|40)[0-9a-fA-F]{2}){0,256}"
+_PASSWORD = rf"(?:(?!{_SCHEME})\S){{0,1024}}"
+_URL_PASSWORD = re.compile(rf"(\b{_SCHEME}{_USER}{_COLON})({_PASSWORD})({_AT})")
+_QUERY_SECRET = re.compile(
+    r"((?:password|passwd|pwd|token|secret|access_key|secret_key)(?:\\?=|%3[dD]))([^&\s]+)", re.I
+)
 
 
 def mask_secrets(text: str) -> str:
@@ -79,6 +92,16 @@ def mask_log_records() -> None:
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, MaskSecretsFilter) for f in handler.filters):
             handler.addFilter(MaskSecretsFilter())
+
+
+def private_files() -> None:
+    """What this process (and every process it starts) creates is readable by its owner only.
+
+    Hydra writes the command line's overrides, passwords included, to `.hydra/*.yaml`,
+    `multirun.yaml` and its log before any code here can mask them, and a run's artifacts may
+    quote its config: masking is the second line, a umask of 077 the first (idempotent).
+    """
+    os.umask(os.umask(0o077) | 0o077)
 
 
 def mask_files(folder: Path, pattern: str = "*.yaml") -> None:

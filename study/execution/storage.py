@@ -24,6 +24,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from study.core.errors import ConfigError
 from study.core.masking import mask_secrets
 from study.core.retry import DEFAULT_WINDOW_SECONDS, set_window_seconds
+from study.core.sqlite_files import creation_lock
 from study.execution.recovery import RetryWithSameParams, grace_period
 from study.execution.retrying_storage import RetryingRDBStorage
 from study.tracking.retrying import cover_http_outages
@@ -55,6 +56,7 @@ def make_storage(study_cfg: DictConfig, tracking_uri: str) -> optuna.storages.Ba
             raise ConfigError(describe_storage_error(error, url)) from None
     # A pooled connection that a database restart closed is replaced before it is used.
     engine_kwargs = {"pool_pre_ping": True}
+    first_open = contextlib.nullcontext()
     if url.startswith("sqlite:"):
         database = url.removeprefix("sqlite:///")
         if database and database != ":memory:":
@@ -62,18 +64,21 @@ def make_storage(study_cfg: DictConfig, tracking_uri: str) -> optuna.storages.Ba
             check_sqlite_intact(Path(database))
             Path(database).parent.mkdir(parents=True, exist_ok=True)
             use_write_ahead_log(Path(database))
+            # Drivers that start together on a new file would each create Optuna's tables.
+            first_open = creation_lock(Path(database))
         engine_kwargs["connect_args"] = {"timeout": SQLITE_LOCK_TIMEOUT_SECONDS}
     elif url.startswith("postgresql"):
         # A host that drops packets answers in seconds, not after the system's TCP time-out.
         engine_kwargs["connect_args"] = {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS}
     try:
-        return rdb_storage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=study_cfg.heartbeat_interval,
-            grace_period=grace_period(study_cfg),
-            heartbeat_stale_trial_callback=retry,
-        )
+        with first_open:
+            return rdb_storage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=study_cfg.heartbeat_interval,
+                grace_period=grace_period(study_cfg),
+                heartbeat_stale_trial_callback=retry,
+            )
     except Exception as error:  # unreachable server, truncated file, wrong password, ...
         raise ConfigError(describe_storage_error(error, url)) from None
 

@@ -24,6 +24,9 @@ from study.config.schema import GROUPS, SCHEMAS
 from study.core.errors import ConfigError, describe_error
 
 TYPES = ("categorical", "float", "int")
+# What a trial may vary: the training config. Where runs are stored (mlflow.*, runs_dir) and the
+# study itself (study.*, sampler, ...) are the same for every trial.
+SEARCHABLE_PREFIXES = tuple(f"{part}." for part in ("model", "optimizer", "trainer", "data"))
 _NOT_FOUND = object()
 
 
@@ -78,6 +81,17 @@ class Entry:
         return [int(v) for v in values] if spec.type == "int" else values
 
 
+def same_kind(value: Any, current: Any) -> bool:
+    """Could `value` be the config's `current` value of a key (a number for a number, ...)?"""
+    if current is None or value is None:
+        return True
+    if isinstance(current, bool) or isinstance(value, bool):
+        return isinstance(current, bool) and isinstance(value, bool)
+    if isinstance(current, int | float):
+        return isinstance(value, int | float)
+    return isinstance(value, type(current))
+
+
 class SearchSpace:
     def __init__(self, space: Mapping[str, DictConfig]):
         self.entries = [Entry(name, spec.target or name, spec) for name, spec in space.items()]
@@ -95,12 +109,21 @@ class SearchSpace:
             else:
                 if spec.low is None or spec.high is None:
                     raise ConfigError(f"{where}: a {spec.type} entry needs low and high")
+                if not all(math.isfinite(bound) for bound in (spec.low, spec.high)):
+                    raise ConfigError(f"{where}: expected finite low and high, got {spec.low}, {spec.high}")
                 if spec.low > spec.high:
                     raise ConfigError(f"{where}: expected low <= high, got {spec.low} > {spec.high}")
                 if spec.log and spec.low <= 0:
                     raise ConfigError(f"{where}.low: expected > 0 with log: true, got {spec.low}")
                 if spec.step is not None and (spec.step <= 0 or spec.log):
                     raise ConfigError(f"{where}.step: expected > 0 and log: false, got {spec.step}")
+            if not (entry.is_group or entry.target.startswith(SEARCHABLE_PREFIXES)):
+                raise ConfigError(
+                    f"{where}: {entry.target} cannot be searched; expected a config group "
+                    f"({', '.join(GROUPS)}) or a key under {', '.join(SEARCHABLE_PREFIXES)}"
+                )
+            if entry.target in (spec.when or {}):
+                raise ConfigError(f"{where}.when.{entry.target}: an entry cannot depend on its own value")
             if entry.is_group and spec.type != "categorical":
                 raise ConfigError(f"{where}: a config group ({entry.target}) is searched as a categorical")
             for key in spec.when or {}:
@@ -150,7 +173,9 @@ class SearchSpace:
                         f"group ({', '.join(GROUPS)}) or a config key such as trainer.epochs"
                     )
                 else:
-                    continue
+                    current = OmegaConf.select(base, key)
+                    unknown = [value for value in values if not same_kind(value, current)]
+                    takes = f"values like {current!r}"
                 if unknown:
                     raise ConfigError(f"{where}: {key} never takes {unknown}; it takes {takes}")
 

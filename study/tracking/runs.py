@@ -37,6 +37,7 @@ from study.core.errors import ConfigError, error_line, short_error
 from study.core.masking import mask_secrets
 from study.core.names import ERROR_TAG
 from study.tracking.retrying import RetryingClient, retrying
+from study.tracking.store import open_client
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class RunTracker:
         tags: Mapping[str, str] | None = None,
         parent_run_id: str | None = None,
     ) -> RunTracker:
-        client = retrying(MlflowClient(tracking_uri=mlflow_cfg.tracking_uri))
+        client = retrying(open_client(mlflow_cfg.tracking_uri))
         experiment_id = get_or_create_experiment(client, mlflow_cfg)
         run_tags = resolve_tags(dict(tags or {}))  # user, source, entry point's git commit
         commit = get_git_commit(str(PACKAGE_DIR))  # the code that trains, however it was started
@@ -136,7 +137,7 @@ class RunTracker:
     @classmethod
     def resume(cls, mlflow_cfg: DictConfig, run_id: str) -> RunTracker:
         """Log into a run that a caller created (a sweep creates each trial's run)."""
-        client = retrying(MlflowClient(tracking_uri=mlflow_cfg.tracking_uri))
+        client = retrying(open_client(mlflow_cfg.tracking_uri))
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         return cls(client, run_id)
 
@@ -244,7 +245,7 @@ def check_tracking_store(mlflow_cfg: DictConfig) -> None:
         return  # a new local store: nothing to read, and nothing is written before the run
     try:
         with _environment(MLFLOW_HTTP_REQUEST_MAX_RETRIES=CHECK_RETRIES):
-            experiment = MlflowClient(tracking_uri=uri).get_experiment_by_name(mlflow_cfg.experiment_name)
+            experiment = open_client(uri).get_experiment_by_name(mlflow_cfg.experiment_name)
     except Exception as error:
         where = mask_secrets(uri)
         raise ConfigError(f"mlflow.tracking_uri: cannot use {where}: {error_line(error)}") from error
@@ -261,6 +262,8 @@ def missing_local_store(uri: str) -> str | None:
 
     Commands that only read runs refuse such a store instead of creating an empty one.
     """
+    if uri == "databricks":  # a workspace, not a folder named so
+        return None
     parts = urllib.parse.urlsplit(uri)
     if parts.scheme == "sqlite":
         path = uri.removeprefix("sqlite:///").split("?", 1)[0]

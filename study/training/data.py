@@ -172,6 +172,10 @@ def _shown(values) -> str:
 
 
 def _check_pixels(images: np.ndarray, name: str) -> None:
+    if not np.issubdtype(images.dtype, np.number):  # strings, objects, booleans: no pixels at all
+        raise ConfigError(
+            f"{name}: expected integer pixel values 0..{MAX_PIXEL} (uint8), got {images.dtype} values"
+        )
     if not np.issubdtype(images.dtype, np.integer):
         low, high = float(images.min()), float(images.max())
         hint = "; multiply by 255 and store as uint8" if low >= 0.0 and high <= 1.0 else ""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from study.config.run_dirs import MULTIRUN_DIR, TRAIN_RUN_DIR
 from study.core.masking import write_masked
 from study.core.names import REPLAY_OF_TAG
 
@@ -17,7 +18,7 @@ REPLAY_HEADER = """\
 
 
 # Keeps a replay's Hydra output folder under runs/, like the original command.
-REPLAY_HYDRA_BLOCK = {"hydra": {"run": {"dir": "${runs_dir}/hydra/train/${now:%Y-%m-%d_%H-%M-%S}"}}}
+REPLAY_HYDRA_BLOCK = {"hydra": {"run": {"dir": TRAIN_RUN_DIR}, "sweep": {"dir": MULTIRUN_DIR}}}
 
 
 def write_replay_config(cfg: DictConfig, path: Path, run_id: str) -> Path:

@@ -28,20 +28,29 @@ class PostgresCluster:
     """A throwaway PostgreSQL cluster on 127.0.0.1 that a test can stop and start again (same
     port, same data): a database restart as an operator does it."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, password: str | None = None):
         self.root = root
         self.port = free_port()
+        self.password = password  # None: any password, or none, is let in (trust)
         self.url = f"postgresql://study:{PASSWORD}@127.0.0.1:{self.port}"  # with (ignored) credentials
 
     def create(self) -> None:
         self._run(
-            [f"{PG_BIN}/initdb", "-D", str(self.root / "data"), "-U", "study", "--auth=trust", "-E", "UTF8"]
+            [f"{PG_BIN}/initdb", "-D", str(self.root / "data"), "-U", "study", *self._auth(), "-E", "UTF8"]
         )
         self.start()
-        for database in ("optuna", "mlflow"):
+        for database in ("optuna", "mlflow"):  # through the socket, trusted also with a password
             self._run(
-                [f"{PG_BIN}/createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "study", database]
+                [f"{PG_BIN}/createdb", "-h", str(self.root), "-p", str(self.port), "-U", "study", database]
             )
+
+    def _auth(self) -> list[str]:
+        if self.password is None:
+            return ["--auth=trust"]
+        # TCP clients (the commands under test) must give the password, as on a real server.
+        password_file = self.root / "password"
+        password_file.write_text(self.password)
+        return ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={password_file}"]
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=200"
@@ -62,12 +71,22 @@ class PostgresCluster:
 @pytest.fixture(scope="module")
 def postgres_cluster():
     """A throwaway PostgreSQL cluster with the databases `optuna` and `mlflow`."""
+    yield from throwaway_cluster(password=None)
+
+
+@pytest.fixture(scope="module")
+def postgres_with_password(request):
+    """A throwaway cluster whose user `study` must give the module's PG_PASSWORD over TCP."""
+    yield from throwaway_cluster(password=request.module.PG_PASSWORD)
+
+
+def throwaway_cluster(password: str | None):
     if PG_BIN is None:
         pytest.skip("needs PostgreSQL server binaries (Debian package postgresql; .ci/run installs it)")
     root = Path(tempfile.mkdtemp(prefix="study-pg-"))
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
-    cluster = PostgresCluster(root)
+    cluster = PostgresCluster(root, password)
     try:
         cluster.create()
         yield cluster

@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 from mlflow import MlflowClient
 
@@ -47,7 +48,7 @@ TRAIN_REFUSALS = [
     (["trainer.seed=-1"], "study.train: error: trainer.seed: expected an integer in [0, 2**32 - 1], got -1"),
     (["optimizer.beta_1=1.5"], "study.train: error: optimizer.beta_1: expected a number in [0, 1), got 1.5"),
     (["optimizer.beta_2=1.0"], "study.train: error: optimizer.beta_2: expected a number in [0, 1), got 1.0"),
-    (["optimizer.epsilon=0"], "study.train: error: optimizer.epsilon: expected a number > 0, got 0.0"),
+    (["optimizer.epsilon=0"], "study.train: error: optimizer.epsilon: expected a finite number > 0, got 0.0"),
     (
         ["optimizer=rmsprop", "optimizer.rho=1.2"],
         "study.train: error: optimizer.rho: expected a number in [0, 1)",
@@ -64,6 +65,26 @@ TRAIN_REFUSALS = [
         [f"mlflow.tracking_uri=http://alice:{PASSWORD}@127.0.0.1:abc"],
         "study.train: error: mlflow.tracking_uri: expected an http URL with a numeric port",
     ),
+]
+
+
+# Values that once reached training (or a traceback) before anything said they were wrong.
+TRAIN_REFUSALS += [
+    (
+        ["mlflow.tracking_uri=file:///tmp/mlruns"],
+        "study.train: error: mlflow.tracking_uri: expected a database URL",
+    ),
+    (["mlflow.tracking_uri=mlruns"], "study.train: error: mlflow.tracking_uri: expected a database URL"),
+    (["mlflow.tracking_uri=databricks"], "study.train: error: mlflow.tracking_uri: cannot use databricks: "),
+    (
+        ["optimizer.learning_rate=inf"],
+        "study.train: error: optimizer.learning_rate: expected a finite number > 0",
+    ),
+    (
+        ["model=mlp", "model.hidden1_units=1000000000"],
+        "study.train: error: model.hidden1_units: expected an integer in [1, 65536], got 1000000000",
+    ),
+    (["mlflow.experiment_name=''"], "study.train: error: mlflow.experiment_name: expected a non-empty name"),
 ]
 
 
@@ -97,6 +118,10 @@ def test_a_tracking_folder_that_is_a_file(tmp_path):
         (
             {"x_test": np.zeros((100, 10, 10), np.uint8)},
             "x_test: expected test images of the training images' shape",
+        ),
+        (
+            {"x_train": np.full((400, 8, 8), "7")},
+            "x_train: expected integer pixel values 0..255 (uint8), got <U1 values",
         ),
     ],
 )
@@ -151,6 +176,9 @@ SWEEP_BASE = ["data=digits", "search_space=learning_rate", "study.n_trials=2"]
             "study.sweep: error: study.storage: expected an Optuna storage URL",
         ),
         (["study.gpus=[99]"], "study.sweep: error: study.gpus: expected "),
+        (["study.name=" + "x" * 300], "study.sweep: error: study.name: expected letters, digits"),
+        (["study.registered_model='a/b c'"], "study.sweep: error: study.registered_model: expected null or"),
+        (["study.timeout=inf"], "study.sweep: error: study.timeout: expected null or a finite number > 0"),
     ],
 )
 def test_sweep_refusals_leave_no_study_behind(tmp_path, overrides, expected):
@@ -230,3 +258,67 @@ def test_reproduce_and_report_refuse_a_missing_store(tmp_path, capsys):
     )
     assert errors[1].startswith("study.report: error: --tracking-uri sqlite:///")
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_an_unknown_keras_backend_is_one_line(tmp_path):
+    done = run_command("train", "data=digits", cwd=tmp_path, env={"KERAS_BACKEND": "nonsense"})
+    assert_refused(done, "study.train: error: KERAS_BACKEND: expected one of tensorflow, jax", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        (["--seeds", "-2"], "argument --seeds: expected an integer >= 0, got '-2'"),
+        (["--tolerance", "nan"], "nan"),
+    ],
+)
+def test_reproduce_refuses_negative_or_missing_numbers(tmp_path, option, expected):
+    done = run_command("reproduce", "0123abcd", *option, cwd=tmp_path)
+    assert done.returncode == 2 and expected in done.stderr.splitlines()[-1], done.stderr
+
+
+@pytest.mark.slow  # a real run, deleted, then reproduced: about 15 s
+def test_reproducing_a_deleted_run_is_one_line(tmp_path):
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    client = MlflowClient(tracking_uri=store)
+    run = client.create_run(client.create_experiment("study"))
+    client.set_terminated(run.info.run_id)
+    client.delete_run(run.info.run_id)
+    done = run_command("reproduce", run.info.run_id, "--tracking-uri", store, cwd=tmp_path)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert lines[0].startswith(f"study.reproduce: error: run {run.info.run_id}: deleted in {store}")
+
+
+def test_an_infinite_search_space_bound_is_one_line(tmp_path):
+    (tmp_path / "conf" / "search_space").mkdir(parents=True)
+    (tmp_path / "conf" / "search_space" / "endless.yaml").write_text(
+        "optimizer.learning_rate: {type: float, low: 1.0e-4, high: .inf}\n"
+    )
+    done = run_command("sweep", "--config-dir", "conf", "data=digits", "search_space=endless", cwd=tmp_path)
+    expected = "study.sweep: error: search_space.optimizer.learning_rate: expected finite low and high"
+    assert_refused(done, expected, tmp_path)
+
+
+def test_an_optuna_database_given_as_the_tracking_store_and_the_reverse(tmp_path):
+    """Each tool would write its tables into the other's file before refusing it."""
+    optuna_db, mlflow_db = tmp_path / "optuna.db", tmp_path / "mlflow.db"
+    optuna.create_study(study_name="s", storage=f"sqlite:///{optuna_db}")
+    MlflowClient(tracking_uri=f"sqlite:///{mlflow_db}").search_experiments()
+    before = {path: path.read_bytes() for path in (optuna_db, mlflow_db)}
+    done = run_command("train", "data=digits", f"mlflow.tracking_uri=sqlite:///{optuna_db}", cwd=tmp_path)
+    expected = (
+        f"study.train: error: mlflow.tracking_uri: expected an MLflow database, but {optuna_db} is Optuna's"
+    )
+    assert_refused(done, expected, tmp_path)
+    done = run_command("sweep", *SWEEP_BASE, f"study.storage=sqlite:///{mlflow_db}", cwd=tmp_path)
+    expected = f"study.sweep: error: study.storage: expected an Optuna database, but {mlflow_db} is MLflow's"
+    assert_refused(done, expected, tmp_path)
+    assert {path: path.read_bytes() for path in before} == before
+
+
+def test_an_output_folder_under_a_file_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    done = run_command("sweep", *SWEEP_BASE, "study.output_dir=afile/study", cwd=tmp_path)
+    expected = "study.sweep: error: study.output_dir: expected a folder that can be made, but afile is a file"
+    assert_refused(done, expected, tmp_path)

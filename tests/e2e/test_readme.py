@@ -503,11 +503,16 @@ SCALE_OUT = "needs PostgreSQL and other machines: tests/test_scale_out.py runs t
 DEFAULT_STUDY = "python -m study.sweep data.path=../shared/data/mnist"
 CNN_LR = "python -m study.sweep study.name=cnn-lr study.n_trials=60 search_space=cnn_only trainer.epochs=9"
 MLFLOW_SERVER_ON_POSTGRES = (
-    "mlflow server --backend-store-uri postgresql://user:pw@db-host/mlflow "
-    "--artifacts-destination /shared/mlflow-artifacts --host 0.0.0.0 --port 5000"
+    "mlflow server --backend-store-uri postgresql://user@db-host/mlflow "
+    "--artifacts-destination /shared/mlflow-artifacts --host 0.0.0.0 --port 5000 "
+    "--app-name basic-auth --allowed-hosts mlflow-host:5000"
+)
+MLFLOW_LOGIN = (
+    'read -rsp "MLflow password: " MLFLOW_TRACKING_PASSWORD && '
+    "export MLFLOW_TRACKING_USERNAME=alice MLFLOW_TRACKING_PASSWORD"
 )
 SWEEP_ON_SERVERS = (
-    "python -m study.sweep study.name=big study.storage=postgresql://user:pw@db-host/optuna "
+    "python -m study.sweep study.name=big study.storage=postgresql://user@db-host/optuna "
     "mlflow.tracking_uri=http://mlflow-host:5000 study.n_trials=500 study.gpus=[0,1,2,3] "
     "study.trials_per_gpu=2"
 )
@@ -600,6 +605,7 @@ CASES: dict[str, Case] = {
     # Running on many machines
     'pip install -e ".[postgres]"': Case(skip=INSTALL),
     MLFLOW_SERVER_ON_POSTGRES: Case(skip=SCALE_OUT),
+    MLFLOW_LOGIN: Case(skip=SCALE_OUT),
     SWEEP_ON_SERVERS: Case(skip=SCALE_OUT),
     # Reproduce
     "python -m study.reproduce 3f2a...": Case(

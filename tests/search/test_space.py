@@ -65,6 +65,9 @@ def test_sampled_values_become_hydra_overrides():
     assert cfg.model.dropout_rate == 0.25
 
 
+SELF = {"when": {"model.dropout_rate": [0.1]}}
+
+
 @pytest.mark.parametrize(
     ("entries", "expected"),
     [
@@ -78,6 +81,22 @@ def test_sampled_values_become_hydra_overrides():
                 "model": {"type": "categorical", "choices": ["cnn"]},
             },
             "search_space.model.dropout_rate.when: model is searched after this entry",
+        ),
+        (
+            {"mlflow.tracking_uri": {"type": "categorical", "choices": ["sqlite:///a.db"]}},
+            "search_space.mlflow.tracking_uri: mlflow.tracking_uri cannot be searched",
+        ),
+        (
+            {"study.n_trials": {"type": "int", "low": 1, "high": 5}},
+            "search_space.study.n_trials: study.n_trials cannot be searched",
+        ),
+        (
+            {"x": {"type": "float", "low": 0.0, "high": 0.5, "target": "model.dropout_rate"} | SELF},
+            "search_space.x.when.model.dropout_rate: an entry cannot depend on its own value",
+        ),
+        (
+            {"x": {"type": "float", "low": 0.0, "high": float("inf"), "target": "model.dropout_rate"}},
+            "search_space.x: expected finite low and high, got 0.0, inf",
         ),
     ],
 )
@@ -101,6 +120,10 @@ def test_malformed_entries_are_named(entries, expected):
             "search_space.x.when.trainer.epoch: 'trainer.epoch' is not a key of the config",
         ),
         ({"model.units": [3]}, "search_space.x.when.model.units: 'model.units' is not a key of the config"),
+        (
+            {"trainer.epochs": ["three"]},
+            "search_space.x.when.trainer.epochs: trainer.epochs never takes ['three']; it takes values like",
+        ),
     ],
 )
 def test_conditions_that_can_never_hold_are_named(when, expected):

@@ -281,7 +281,7 @@ def test_a_metric_batch_the_store_rejects_fails_the_run(make_config):
 @pytest.mark.parametrize(
     ("overrides", "damage", "expected"),
     [
-        (["optimizer.learning_rate=-1"], None, "optimizer.learning_rate: expected a number > 0"),
+        (["optimizer.learning_rate=-1"], None, "optimizer.learning_rate: expected a finite number > 0"),
         (["model.dropout_rate=1.5"], None, "model.dropout_rate: expected a number in [0, 1)"),
         (
             ["trainer.precision=float16"],
@@ -329,7 +329,7 @@ def run_cli(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
             "model.dropuot_rate=0.3",
             "study.train: error: model.dropuot_rate: Key 'dropuot_rate' not in 'CnnConfig'",
         ),
-        ("optimizer.learning_rate=0", "study.train: error: optimizer.learning_rate: expected a number > 0"),
+        ("optimizer.learning_rate=0", "study.train: error: optimizer.learning_rate: expected a finite"),
     ],
 )
 def test_command_line_errors_are_one_line(tmp_path, tiny_idx_dir, override, expected):
