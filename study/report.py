@@ -19,10 +19,11 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
+from study.core.errors import ConfigError
 from study.core.masking import mask_console, mask_secrets, private_files
 from study.core.names import DEFAULT_TRACKING_URI
 from study.reporting.tables import ReportError, experiment_table, study_table
-from study.tracking import missing_local_store
+from study.tracking import check_readable, missing_local_store
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -48,13 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file
     mlflow.set_tracking_uri(args.tracking_uri)
     try:
+        check_readable(args.tracking_uri, "--tracking-uri")
         if args.study:
             table = pd.concat([study_table(name, args.storage) for name in args.study], ignore_index=True)
             name = "_vs_".join(args.study)
         else:
             table = experiment_table(args.experiment)
             name = args.experiment
-    except ReportError as error:
+    except (ReportError, ConfigError) as error:
         print(f"study.report: error: {error}", file=sys.stderr)
         return 2
     with pd.option_context("display.width", 200, "display.max_columns", 40, "display.max_rows", 500):

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from study.config.schema import CONFIG_DIR
+from study.core.config_files import guard_hydra_config_files
 
 Composer = Callable[[list[str]], DictConfig]  # overrides -> the composed config
 
@@ -29,7 +30,9 @@ def sweep_composer(config_dir: str, config_name: str, overrides: list[str]) -> C
     Hydra composes once per set of config group choices (a few hundred ms); the sampled
     values (`optimizer.learning_rate=0.01`) are then set on a copy, with Hydra's override
     parser and `OmegaConf.update`, as Hydra itself applies value overrides after composing.
+    Every config file Hydra reads is checked first, as in the commands.
     """
+    guard_hydra_config_files()
 
     @functools.lru_cache(maxsize=16)
     def compose_groups(merged: tuple[str, ...]) -> DictConfig:

@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,16 @@ def config_paths_from_cwd(args: list[str]) -> list[str]:
     return args
 
 
+def replay_output_dir(args: list[str]) -> list[str]:
+    """A replay (`--config-path DIR`) keeps Hydra's output folder under runs_dir, as the
+    package's conf/ sets it: a replayed config.yaml is data and sets no Hydra settings."""
+    replaying = any(arg.partition("=")[0] in ("--config-path", "-cp") for arg in args)
+    if not replaying or any(arg.startswith("hydra.run.dir=") for arg in args):
+        return args
+    program = os.path.basename(sys.argv[0]).removesuffix(".py")
+    return [*args, f"hydra.run.dir=${{runs_dir}}/hydra/{program}/${{now:%Y-%m-%d_%H-%M-%S}}"]
+
+
 def quiet_library_loggers() -> None:
     """MLflow's SQL store logs each database error with its traceback and then raises it
     again; the command reports the raised error once, in one line (a full disk, a locked
@@ -118,8 +129,22 @@ def exit_with_input_error(error: BaseException) -> None:
     sys.exit(2)
 
 
-def _exit_on_sigterm(signum, frame) -> None:
+SIGTERM_GRACE_SECONDS = 20.0
+
+
+def _exit_on_sigterm(signum, frame, grace_seconds: float = SIGTERM_GRACE_SECONDS) -> None:
+    """SystemExit lets a run in flight end KILLED. Library code may swallow it or take long to
+    unwind (OmegaConf half-way through building a huge config), so a watchdog thread ends the
+    process `grace_seconds` later in any case."""
+    watchdog = threading.Timer(grace_seconds, os._exit, args=(128 + signum,))
+    watchdog.daemon = True
+    watchdog.start()
+    signal.signal(signum, _let_clean_up_finish)
     sys.exit(128 + signum)
+
+
+def _let_clean_up_finish(signum, frame) -> None:
+    """A second SIGTERM does not cut the first one's clean-up short; the watchdog bounds it."""
 
 
 def at_least_zero(kind: type) -> Callable[[str], float]:

@@ -103,6 +103,12 @@ def run_sweep(
         if budget.judge(trials).stop is None:
             epochs = None if base.trainer.max_steps else base.trainer.epochs  # shown as epoch k/n
             Driver(study, settings, base, spec, study_dir, budget, epochs).run()
+        verdict = budget.judge(study.get_trials(deepcopy=False))
+        if verdict.done == 0:  # nothing to rank, plot or crown (a timeout shorter than a trial)
+            end_orphaned_runs(study, parent)
+            raise StudyIncompleteError(
+                incomplete_message(settings, verdict, f"{verdict.reason()}, none finished")
+            )
         try:
             summary = finish(study, settings, parent, study_dir)
         finally:

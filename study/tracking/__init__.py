@@ -5,6 +5,7 @@ clients that wait out an outage of the tracking store (`retrying`)."""
 
 from study.tracking.runs import (
     RunTracker,
+    check_readable,
     check_tracking_store,
     flatten,
     get_or_create_experiment,
@@ -14,6 +15,7 @@ from study.tracking.runs import (
 
 __all__ = [
     "RunTracker",
+    "check_readable",
     "check_tracking_store",
     "flatten",
     "get_or_create_experiment",

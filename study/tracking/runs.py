@@ -234,6 +234,17 @@ def _chunks(items: list, size: int) -> Iterator[list]:
 CHECK_RETRIES = "1"  # a start-up check fails fast; MLflow's own retries are for runs in flight
 
 
+def check_readable(uri: str, key: str = "mlflow.tracking_uri") -> None:
+    """For commands that read runs (study.report): an unreachable store is one line at once,
+    not MLflow's retries for minutes and then a traceback."""
+    try:
+        connect_once(uri)
+        with _environment(MLFLOW_HTTP_REQUEST_MAX_RETRIES=CHECK_RETRIES):
+            open_client(uri).search_experiments(max_results=1)
+    except Exception as error:
+        raise ConfigError(f"{key}: cannot use {mask_secrets(uri)}: {error_line(error)}") from error
+
+
 def check_tracking_store(mlflow_cfg: DictConfig) -> None:
     """Read the run's experiment from the tracking store, before anything is written there.
 
@@ -244,6 +255,7 @@ def check_tracking_store(mlflow_cfg: DictConfig) -> None:
     if missing_local_store(uri) is not None:
         return  # a new local store: nothing to read, and nothing is written before the run
     try:
+        connect_once(uri)
         with _environment(MLFLOW_HTTP_REQUEST_MAX_RETRIES=CHECK_RETRIES):
             experiment = open_client(uri).get_experiment_by_name(mlflow_cfg.experiment_name)
     except Exception as error:
@@ -255,6 +267,26 @@ def check_tracking_store(mlflow_cfg: DictConfig) -> None:
             f"{mask_secrets(uri)}; restore it (mlflow experiments restore --experiment-id "
             f"{experiment.experiment_id}) or pick another name"
         )
+
+
+SERVER_DATABASES = ("postgresql", "mysql", "mssql")
+CONNECT_TIMEOUT_SECONDS = 10
+
+
+def connect_once(uri: str) -> None:
+    """One connection to a database server, before MLflow's own store opens it: MLflow retries a
+    refused connection or a wrong password for about 100 s before it says why."""
+    if uri.split(":", 1)[0].split("+", 1)[0] not in SERVER_DATABASES:
+        return
+    import sqlalchemy
+
+    timeout = {"connect_timeout": CONNECT_TIMEOUT_SECONDS} if uri.startswith("postgresql") else {}
+    engine = sqlalchemy.create_engine(uri, connect_args=timeout, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect():
+            pass
+    finally:
+        engine.dispose()
 
 
 def missing_local_store(uri: str) -> str | None:

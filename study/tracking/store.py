@@ -21,9 +21,12 @@ _opened: set[str] = set()  # SQLite stores this process has opened: MLflow keeps
 def open_client(tracking_uri: str) -> MlflowClient:
     """An MlflowClient whose store, if SQLite, has its tables made and migrated."""
     database = sqlite_file(tracking_uri)
-    # A missing folder is left to MLflow, whose error names the file.
-    if database is None or tracking_uri in _opened or not database.parent.is_dir():
+    if database is None or tracking_uri in _opened:
         return MlflowClient(tracking_uri=tracking_uri)
+    try:
+        database.parent.mkdir(parents=True, exist_ok=True)  # MLflow would make it: the lock goes there
+    except OSError:
+        return MlflowClient(tracking_uri=tracking_uri)  # an unusable path: MLflow's error names it
     with creation_lock(database):
         # The first client builds the store: MLflow creates or migrates its tables there and
         # keeps the store for the rest of the process.

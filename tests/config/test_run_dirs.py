@@ -28,8 +28,8 @@ def test_every_output_folder_is_under_runs_dir(config_name):
 
 
 def test_the_train_config_and_a_replay_name_their_folders_alike():
-    raw = OmegaConf.load(CONFIG_DIR / "train.yaml").hydra
-    assert (raw.run.dir, raw.sweep.dir) == (TRAIN_RUN_DIR, MULTIRUN_DIR)
+    raw = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "train.yaml").hydra)  # unresolved
+    assert (raw["run"]["dir"], raw["sweep"]["dir"]) == (TRAIN_RUN_DIR, MULTIRUN_DIR)
     assert REPLAY_HYDRA_BLOCK["hydra"] == {"run": {"dir": TRAIN_RUN_DIR}, "sweep": {"dir": MULTIRUN_DIR}}
 
 

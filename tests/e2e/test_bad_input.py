@@ -76,6 +76,10 @@ TRAIN_REFUSALS += [
     ),
     (["mlflow.tracking_uri=mlruns"], "study.train: error: mlflow.tracking_uri: expected a database URL"),
     (["mlflow.tracking_uri=databricks"], "study.train: error: mlflow.tracking_uri: cannot use databricks: "),
+    (  # one connection attempt, not MLflow's retries of about 100 s
+        [f"mlflow.tracking_uri=postgresql://alice:{PASSWORD}@127.0.0.1:{free_port()}/mlflow"],
+        "study.train: error: mlflow.tracking_uri: cannot use postgresql://alice:***@127.0.0.1:",
+    ),
     (
         ["optimizer.learning_rate=inf"],
         "study.train: error: optimizer.learning_rate: expected a finite number > 0",
@@ -322,3 +326,22 @@ def test_an_output_folder_under_a_file_is_one_line(tmp_path):
     done = run_command("sweep", *SWEEP_BASE, "study.output_dir=afile/study", cwd=tmp_path)
     expected = "study.sweep: error: study.output_dir: expected a folder that can be made, but afile is a file"
     assert_refused(done, expected, tmp_path)
+
+
+def test_report_of_an_unreachable_tracking_server_is_one_line(tmp_path):
+    url = f"http://alice:{PASSWORD}@127.0.0.1:{free_port()}"
+    done = run_command("report", "--experiment", "study", "--tracking-uri", url, cwd=tmp_path, timeout=60)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert lines[0].startswith("study.report: error: --tracking-uri: cannot use http://alice:***@127.0.0.1:")
+
+
+@pytest.mark.slow  # a real session: workers start, the timeout passes first
+def test_a_timeout_that_ends_the_session_before_any_trial_is_one_line(tmp_path):
+    done = run_command("sweep", *SWEEP_BASE, "study.timeout=1", cwd=tmp_path)
+    lines = [line for line in done.stderr.splitlines() if "error" in line.lower() or "warn" in line.lower()]
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert lines == [
+        "study.sweep: error: study default: 0 of 2 trials done: study.timeout passed, none finished; "
+        "0 still RUNNING. Run the command again to resume."
+    ]

@@ -20,10 +20,15 @@ def test_a_new_sqlite_store_is_made_under_the_lock(tmp_path):
     assert open_client(uri).tracking_uri == uri  # opened before: no second look
 
 
-def test_a_store_in_a_missing_folder_is_left_to_mlflow(tmp_path):
-    with pytest.raises(MlflowException):
-        open_client(f"sqlite:///{tmp_path / 'missing' / 'mlflow.db'}")
-    assert not (tmp_path / "missing").exists()
+def test_a_store_in_a_new_folder_is_locked_there_too(tmp_path):
+    open_client(f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}")
+    assert sorted(path.name for path in (tmp_path / "new").iterdir()) == ["mlflow.db", "mlflow.db.lock"]
+
+
+def test_an_unusable_path_is_left_to_mlflow(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(FileExistsError):  # MLflow's own, as without the lock
+        open_client(f"sqlite:///{tmp_path / 'file' / 'mlflow.db'}")
 
 
 def locked_error(tmp_path) -> sqlalchemy.exc.OperationalError:
