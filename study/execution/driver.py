@@ -37,7 +37,8 @@ from study.search.budget import DONE, TIMEOUT, Budget, Verdict
 from study.search.pruners import build_pruner
 from study.search.samplers import build_sampler
 from study.search.space import SearchSpace
-from study.tracking.runs import RunTracker, check_tracking_store, terminal_status
+from study.tracking.runs import RunTracker, terminal_status
+from study.tracking.store import check_tracking_store
 from study.training.data import load_dataset
 
 log = logging.getLogger(__name__)

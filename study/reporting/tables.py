@@ -42,7 +42,7 @@ from study.reporting.leaderboard import (
     trial_config,
     trial_row,
 )
-from study.tracking.runs import missing_local_store
+from study.tracking.store import missing_local_store
 
 # MLflow run columns -> the shared leaderboard columns (study/reporting/leaderboard.py).
 RUN_COLUMNS = {

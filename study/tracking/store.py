@@ -1,13 +1,22 @@
-"""Opening the MLflow tracking store: a SQLite store is created and migrated by one process at
-a time (study.core.sqlite_files), so runs that start together on a new store all get going."""
+"""Opening the MLflow tracking store: checked before anything is written there (bad input is one
+line), and a SQLite store created and migrated by one process at a time
+(study.core.sqlite_files), so runs that start together on a new store all get going."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
 
 from mlflow import MlflowClient
+from omegaconf import DictConfig
 
+from study.core.errors import ConfigError, error_line
+from study.core.masking import mask_secrets
 from study.core.sqlite_files import creation_lock, sqlite_file
 
 # MLflow's SQL sessions wait 20 s for a SQLite file that another process writes, but the checks
@@ -56,3 +65,92 @@ def database_locked(error: BaseException | None) -> bool:
             return True
         error = error.__cause__ or error.__context__
     return False
+
+
+CHECK_RETRIES = "1"  # a start-up check fails fast; MLflow's own retries are for runs in flight
+
+
+def check_readable(uri: str, key: str = "mlflow.tracking_uri") -> None:
+    """For commands that read runs (study.report): an unreachable store is one line at once,
+    not MLflow's retries for minutes and then a traceback."""
+    try:
+        connect_once(uri)
+        with _environment(MLFLOW_HTTP_REQUEST_MAX_RETRIES=CHECK_RETRIES):
+            open_client(uri).search_experiments(max_results=1)
+    except Exception as error:
+        raise ConfigError(f"{key}: cannot use {mask_secrets(uri)}: {error_line(error)}") from error
+
+
+def check_tracking_store(mlflow_cfg: DictConfig) -> None:
+    """Read the run's experiment from the tracking store, before anything is written there.
+
+    An unreachable or unusable store, or an experiment that was deleted (MLflow refuses new
+    runs in it), raises ConfigError naming the key.
+    """
+    uri = mlflow_cfg.tracking_uri
+    if missing_local_store(uri) is not None:
+        return  # a new local store: nothing to read, and nothing is written before the run
+    try:
+        connect_once(uri)
+        with _environment(MLFLOW_HTTP_REQUEST_MAX_RETRIES=CHECK_RETRIES):
+            experiment = open_client(uri).get_experiment_by_name(mlflow_cfg.experiment_name)
+    except Exception as error:
+        where = mask_secrets(uri)
+        raise ConfigError(f"mlflow.tracking_uri: cannot use {where}: {error_line(error)}") from error
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        raise ConfigError(
+            f"mlflow.experiment_name: experiment {mlflow_cfg.experiment_name!r} is deleted in "
+            f"{mask_secrets(uri)}; restore it (mlflow experiments restore --experiment-id "
+            f"{experiment.experiment_id}) or pick another name"
+        )
+
+
+SERVER_DATABASES = ("postgresql", "mysql", "mssql")
+CONNECT_TIMEOUT_SECONDS = 10
+
+
+def connect_once(uri: str) -> None:
+    """One connection to a database server, before MLflow's own store opens it: MLflow retries a
+    refused connection or a wrong password for about 100 s before it says why."""
+    if uri.split(":", 1)[0].split("+", 1)[0] not in SERVER_DATABASES:
+        return
+    import sqlalchemy
+
+    timeout = {"connect_timeout": CONNECT_TIMEOUT_SECONDS} if uri.startswith("postgresql") else {}
+    engine = sqlalchemy.create_engine(uri, connect_args=timeout, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect():
+            pass
+    finally:
+        engine.dispose()
+
+
+def missing_local_store(uri: str) -> str | None:
+    """For a local store (sqlite:///file, file: or a folder) that does not exist: its path.
+
+    Commands that only read runs refuse such a store instead of creating an empty one.
+    """
+    if uri == "databricks":  # a workspace, not a folder named so
+        return None
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme == "sqlite":
+        path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    elif parts.scheme == "file":
+        path = parts.path
+    elif not parts.scheme:
+        path = uri
+    else:
+        return None
+    return None if Path(path).exists() else path
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """Environment variables for the block only, unless the user set them."""
+    added = {key: value for key, value in values.items() if key not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)

@@ -76,7 +76,8 @@ def train(
     import keras
 
     from study.tracking.lineage import log_keras_model, system_metrics
-    from study.tracking.runs import RunTracker, check_tracking_store
+    from study.tracking.runs import RunTracker
+    from study.tracking.store import check_tracking_store
     from study.training import backend
 
     if tracker is None:  # a trial's run exists: the study's driver checked the store
