@@ -83,7 +83,7 @@ def sweep_setup(tmp_path, tiny_idx_dir):
         "trainer.epochs=2",
         "trainer.batch_size=32",
         "study.heartbeat_interval=1",
-        # One trial per configuration, as these tests count them; tests/test_asha.py adds asha.
+        # One trial per configuration, as these tests count them; tests/e2e/test_asha_studies.py adds asha.
         "scheduler=none",
     ]
     return tmp_path, overrides

@@ -499,7 +499,7 @@ DOWNLOAD = "downloads MNIST: run on the local copy"  # the reason a command gets
 INSTALL = "installs the project: CI runs this install first (.ci/run), these tests run in it"
 SUITE = "the test suite itself: CI runs it (.ci/run)"
 DASHBOARD_INSTALL = 'pip install -e ".[dashboard]" && '
-SCALE_OUT = "needs PostgreSQL and other machines: tests/test_scale_out.py runs this setup on 127.0.0.1"
+SCALE_OUT = "needs PostgreSQL and other machines: tests/e2e/test_scale_out.py runs this setup on 127.0.0.1"
 DEFAULT_STUDY = "python -m study.sweep data.path=../shared/data/mnist"
 CNN_LR = "python -m study.sweep study.name=cnn-lr study.n_trials=60 search_space=cnn_only trainer.epochs=9"
 MLFLOW_SERVER_ON_POSTGRES = (
@@ -709,7 +709,7 @@ def test_every_case_is_a_readme_command():
 def test_readme_command(command: str, workspace: Workspace):
     case = CASES.get(command)
     assert case is not None, (
-        f"README.md shows a command tests/test_readme.py does not know how to run: {command!r}; "
+        f"README.md shows a command tests/e2e/test_readme.py does not know how to run: {command!r}; "
         "add a line to CASES (appended overrides, what it prints or writes, or why it is skipped)"
     )
     if case.skip:

@@ -203,7 +203,7 @@ def test_sigkill_mid_study_then_resume_finishes_exactly_n_trials(sweep_setup):
     crashed = start_in_own_session(overrides, tmp_path)
     try:
         # Killed mid-training, its MLflow run open. A kill before the run is recorded (the
-        # ask-to-owner window) is tests/test_crash_safety.py's case.
+        # ask-to-owner window) is tests/e2e/test_crash_safety.py's case.
         wait_for(lambda: running_with_a_run(tmp_path))
     finally:
         os.killpg(crashed.pid, signal.SIGKILL)  # the whole machine goes down: driver and workers
