@@ -47,7 +47,7 @@ def storage_problem(storage: str) -> str | None:
     """What is wrong with `study.storage`, found without connecting to it."""
     if not URL_LIKE.match(storage):
         return _file_problem(Path(storage), "a journal file path")
-    return _database_url_problem(storage, STORAGE_FORMS) or _foreign_sqlite(storage, "Optuna", "MLflow")
+    return _database_url_problem(storage, STORAGE_FORMS) or _foreign_sqlite(storage, "Optuna")
 
 
 # MLflow 3 refuses new runs in its file store (a folder such as ./mlruns, or file:).
@@ -65,9 +65,7 @@ def tracking_uri_problem(uri: str) -> str | None:
     if scheme == "file":  # a folder, or file:
         return FILE_STORE_REFUSED
     if scheme.split("+", 1)[0] in DATABASE_SCHEMES:
-        return _database_url_problem(uri, "a database URL MLflow can open") or _foreign_sqlite(
-            uri, "MLflow", "Optuna"
-        )
+        return _database_url_problem(uri, "a database URL MLflow can open") or _foreign_sqlite(uri, "MLflow")
     if scheme in ("http", "https"):
         try:
             parts = urllib.parse.urlsplit(uri)
@@ -151,7 +149,7 @@ def folder_problem(path: str) -> str | None:
 STORE_TABLES = {"Optuna": {"studies", "trials"}, "MLflow": {"experiments", "runs"}}
 
 
-def _foreign_sqlite(url: str, expected: str, other: str) -> str | None:
+def _foreign_sqlite(url: str, expected: str) -> str | None:
     match = SQLITE_FILE.fullmatch(url)
     path = Path(match["database"]) if match else None
     if path is None or not path.is_file() or path.stat().st_size == 0:
@@ -161,8 +159,14 @@ def _foreign_sqlite(url: str, expected: str, other: str) -> str | None:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.Error:
         return None  # not a database: the store itself says so, naming the file
+    return foreign_store_problem(tables, expected, str(path))
+
+
+def foreign_store_problem(tables: set[str], expected: str, where: str) -> str | None:
+    """A database that holds the other tool's tables and not this one's: what was expected."""
+    other = "MLflow" if expected == "Optuna" else "Optuna"
     if STORE_TABLES[other] <= tables and not STORE_TABLES[expected] <= tables:
-        return f"an {expected} database, but {path} is {other}'s"
+        return f"an {expected} database, but {where} is {other}'s"
     return None
 
 

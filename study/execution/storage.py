@@ -28,6 +28,7 @@ from study.core.sqlite_files import creation_lock
 from study.execution.recovery import RetryWithSameParams, grace_period
 from study.execution.retrying_storage import RetryingRDBStorage
 from study.tracking.retrying import cover_http_outages
+from study.tracking.store import connect_once
 
 # Heartbeats, retries and TPE's `group` are marked experimental by Optuna; they are what we want.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -71,6 +72,7 @@ def make_storage(study_cfg: DictConfig, tracking_uri: str) -> optuna.storages.Ba
         # A host that drops packets answers in seconds, not after the system's TCP time-out.
         engine_kwargs["connect_args"] = {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS}
     try:
+        connect_once(url, "study.storage", expected="Optuna")  # not MLflow's database
         with first_open:
             return rdb_storage(
                 url,
@@ -79,6 +81,8 @@ def make_storage(study_cfg: DictConfig, tracking_uri: str) -> optuna.storages.Ba
                 grace_period=grace_period(study_cfg),
                 heartbeat_stale_trial_callback=retry,
             )
+    except ConfigError:
+        raise
     except Exception as error:  # unreachable server, truncated file, wrong password, ...
         raise ConfigError(describe_storage_error(error, url)) from None
 

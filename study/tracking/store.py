@@ -15,6 +15,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 from omegaconf import DictConfig
 
+from study.config.probes import foreign_store_problem
 from study.core.errors import ConfigError, error_line
 from study.core.masking import mask_secrets
 from study.core.sqlite_files import creation_lock, sqlite_file
@@ -94,6 +95,8 @@ def check_tracking_store(mlflow_cfg: DictConfig) -> None:
         connect_once(uri)
         with _environment(MLFLOW_HTTP_REQUEST_MAX_RETRIES=CHECK_RETRIES):
             experiment = open_client(uri).get_experiment_by_name(mlflow_cfg.experiment_name)
+    except ConfigError:
+        raise
     except Exception as error:
         where = mask_secrets(uri)
         raise ConfigError(f"mlflow.tracking_uri: cannot use {where}: {error_line(error)}") from error
@@ -109,9 +112,10 @@ SERVER_DATABASES = ("postgresql", "mysql", "mssql")
 CONNECT_TIMEOUT_SECONDS = 10
 
 
-def connect_once(uri: str) -> None:
-    """One connection to a database server, before MLflow's own store opens it: MLflow retries a
-    refused connection or a wrong password for about 100 s before it says why."""
+def connect_once(uri: str, key: str = "mlflow.tracking_uri", expected: str = "MLflow") -> None:
+    """One connection to a database server, before MLflow's (or Optuna's) own store opens it:
+    MLflow retries a refused connection or a wrong password for about 100 s before it says
+    why, and either tool writes its tables into the other's database before it refuses it."""
     if uri.split(":", 1)[0].split("+", 1)[0] not in SERVER_DATABASES:
         return
     import sqlalchemy
@@ -119,10 +123,13 @@ def connect_once(uri: str) -> None:
     timeout = {"connect_timeout": CONNECT_TIMEOUT_SECONDS} if uri.startswith("postgresql") else {}
     engine = sqlalchemy.create_engine(uri, connect_args=timeout, poolclass=sqlalchemy.pool.NullPool)
     try:
-        with engine.connect():
-            pass
+        with engine.connect() as connection:
+            tables = set(sqlalchemy.inspect(connection).get_table_names())
     finally:
         engine.dispose()
+    problem = foreign_store_problem(tables, expected, mask_secrets(uri))
+    if problem is not None:
+        raise ConfigError(f"{key}: expected {problem}")
 
 
 def missing_local_store(uri: str) -> str | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+import sqlalchemy
 from mlflow import MlflowClient
 
 from study import report, reproduce
@@ -345,3 +346,18 @@ def test_a_timeout_that_ends_the_session_before_any_trial_is_one_line(tmp_path):
         "study.sweep: error: study default: 0 of 2 trials done: study.timeout passed, none finished; "
         "0 still RUNNING. Run the command again to resume."
     ]
+
+
+@pytest.mark.slow  # a throwaway PostgreSQL cluster
+def test_an_optuna_database_given_as_the_tracking_store_on_postgresql_and_the_reverse(tmp_path, postgres):
+    optuna.create_study(study_name="s", storage=f"{postgres}/optuna")
+    MlflowClient(tracking_uri=f"{postgres}/mlflow").search_experiments()
+    done = run_command("train", "data=digits", f"mlflow.tracking_uri={postgres}/optuna", cwd=tmp_path)
+    assert_refused(
+        done, "study.train: error: mlflow.tracking_uri: expected an MLflow database, but", tmp_path
+    )
+    assert "is Optuna's" in done.stderr
+    done = run_command("sweep", *SWEEP_BASE, f"study.storage={postgres}/mlflow", cwd=tmp_path)
+    assert_refused(done, "study.sweep: error: study.storage: expected an Optuna database, but", tmp_path)
+    tables = set(sqlalchemy.inspect(sqlalchemy.create_engine(f"{postgres}/mlflow")).get_table_names())
+    assert "studies" not in tables  # Optuna wrote nothing into MLflow's database
