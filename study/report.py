@@ -22,7 +22,7 @@ import pandas as pd
 from study.core.errors import ConfigError
 from study.core.masking import mask_console, mask_secrets, private_files
 from study.core.names import DEFAULT_TRACKING_URI
-from study.reporting.tables import ReportError, experiment_table, study_table
+from study.reporting.tables import ReportError, experiment_table, report_file, study_table
 from study.tracking import check_readable, missing_local_store
 
 
@@ -61,13 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with pd.option_context("display.width", 200, "display.max_columns", 40, "display.max_rows", 500):
         print(table.to_string(index=False, na_rep=""))
-    output = Path(args.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    table.to_csv(output / f"{name}.csv", index=False)
-    written = [output / f"{name}.csv"]
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    written = [report_file(args.output_dir, name, ".csv")]  # under --output-dir, whatever the name
+    table.to_csv(written[0], index=False)
     if args.markdown:
-        (output / f"{name}.md").write_text(table.to_markdown(index=False) + "\n")
-        written.append(output / f"{name}.md")
+        written.append(report_file(args.output_dir, name, ".md"))
+        written[1].write_text(table.to_markdown(index=False) + "\n")
     print("written: " + ", ".join(str(path) for path in written))
     return 0
 

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from study.core.cli import report_input_errors, run_cli
 from study.training import train
+from study.training.replay_config import replay_hydra_overrides
 
 log = logging.getLogger(__name__)
 
@@ -23,4 +24,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, replay_overrides=replay_hydra_overrides())

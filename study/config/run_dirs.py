@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 # Drawn once: Hydra resolves the run folder more than once, and each time must give the same.
 PROCESS_TOKEN = secrets.token_hex(4)
 STAMP = "${now:%Y-%m-%d_%H-%M-%S}_${process_token:}"
-# hydra.run.dir of study.train, also written into the config.yaml that a replay starts from.
+# hydra.run.dir of study.train; a replay gets the same folders as command-line overrides.
 TRAIN_RUN_DIR = "${runs_dir}/hydra/train/" + STAMP
 # hydra.sweep.dir: `--multirun` jobs in numbered folders of one folder, under runs_dir too.
 MULTIRUN_DIR = "${runs_dir}/hydra/multirun/" + STAMP

@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,27 +19,31 @@ import yaml
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
+from study.core.config_files import guard_hydra_config_files
 from study.core.errors import ConfigError, describe_error
 from study.core.masking import mask_console, mask_files, mask_log_records, mask_secrets, private_files
 
 INPUT_ERRORS = (ConfigError, HydraException, OmegaConfBaseException, yaml.YAMLError)
 
 
-def run_cli(hydra_main: Callable[[], object]) -> None:
+def run_cli(hydra_main: Callable[[], object], replay_overrides: Sequence[str] = ()) -> None:
     """Run a Hydra entry point; bad input exits with status 2 and one line on stderr.
 
     Hydra prints multi-line reports (search paths, stack hints) for config errors. With
     HYDRA_FULL_ERROR set it raises instead, and the error becomes one line naming the key or
     file. Other exceptions keep their full traceback. SIGTERM is turned into SystemExit so
-    runs in flight end KILLED instead of staying RUNNING. Credentials in URLs are masked in
-    everything the command prints, tracebacks and Hydra's own lines included.
+    runs in flight end KILLED instead of staying RUNNING (and ends the process regardless
+    after SIGTERM_GRACE_SECONDS). Credentials in URLs are masked in everything the command
+    prints, tracebacks and Hydra's own lines included. Every config file Hydra reads is
+    checked first (see study.core.config_files).
     """
     mask_console()
     private_files()
-    sys.argv[1:] = config_paths_from_cwd(sys.argv[1:])
+    sys.argv[1:] = with_replay_overrides(config_paths_from_cwd(sys.argv[1:]), replay_overrides)
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     quiet_library_loggers()
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    guard_hydra_config_files()
     try:
         hydra_main()
     except INPUT_ERRORS as error:
@@ -69,14 +73,14 @@ def config_paths_from_cwd(args: list[str]) -> list[str]:
     return args
 
 
-def replay_output_dir(args: list[str]) -> list[str]:
-    """A replay (`--config-path DIR`) keeps Hydra's output folder under runs_dir, as the
-    package's conf/ sets it: a replayed config.yaml is data and sets no Hydra settings."""
-    replaying = any(arg.partition("=")[0] in ("--config-path", "-cp") for arg in args)
-    if not replaying or any(arg.startswith("hydra.run.dir=") for arg in args):
+def with_replay_overrides(args: list[str], overrides: Sequence[str]) -> list[str]:
+    """A replay (`--config-path DIR`, a logged config.yaml) gets Hydra's settings (its output
+    folder under runs_dir) from the command: the config file is data and sets none of them.
+    The user's own overrides of the same keys win."""
+    if not any(arg.partition("=")[0] in ("--config-path", "-cp") for arg in args):
         return args
-    program = os.path.basename(sys.argv[0]).removesuffix(".py")
-    return [*args, f"hydra.run.dir=${{runs_dir}}/hydra/{program}/${{now:%Y-%m-%d_%H-%M-%S}}"]
+    given = {arg.partition("=")[0] for arg in args}
+    return [*args, *(override for override in overrides if override.partition("=")[0] not in given)]
 
 
 def quiet_library_loggers() -> None:

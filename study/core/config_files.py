@@ -6,7 +6,7 @@
 - A logged config (a run's config.yaml) is data: its `hydra:` block is dropped (Hydra would
   call the callbacks and logging factories it names) and a resolver call in it
   (`${oc.env:VAR}` would log the variable's value) is refused; references to its own keys
-  (`${runs_dir}`) stay. The project registers no resolvers of its own.
+  (`${runs_dir}`) and calls of the project's own resolvers (`OWN_RESOLVERS`) stay.
 - `guard_hydra_config_files()` puts every file Hydra composes through the YAML checks, and
   takes Hydra's own settings only from the package's conf/ and the command line; the primary
   config of a `--config-path` folder (a replayed config.yaml) is read as a logged config.
@@ -41,6 +41,8 @@ _OPENING = (
 )
 _CLOSING = (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)
 RESOLVER_CALL = re.compile(r"\$\{\s*([\w.\-]+)\s*:")  # ${oc.env:X}; ${a.b} is a reference
+# Registered by study.config.run_dirs (tests/core/test_config_files.py checks the list).
+OWN_RESOLVERS = frozenset({"process_token"})
 HYDRA_WORD = re.compile(r"\bhydra\b")
 
 
@@ -75,19 +77,23 @@ def check_yaml_text(data: bytes | str, name: str) -> None:
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         if mark is not None:
-            mark.name = name  # libyaml names a byte string, not the file
+            # libyaml's marks name a byte string, not the file
+            error.problem_mark = yaml.Mark(name, mark.index, mark.line, mark.column, None, None)
             raise ConfigError(describe_yaml_error(error)) from None
         raise ConfigError(f"{name}: {describe_yaml_error(error)}") from None
 
 
 def load_logged_config(path: str | Path, name: str | None = None) -> DictConfig:
-    """A config.yaml from a tracking store, checked and read as data (see `as_data`)."""
-    check_yaml_file(path)
+    """A config.yaml from a tracking store, checked and read as data (see `as_data`); errors
+    call it `name` (a download's scratch path means nothing to a user)."""
+    name = name or str(path)
     try:
+        check_yaml_file(path)
         cfg = OmegaConf.load(path)
-    except yaml.YAMLError as error:
-        raise ConfigError(describe_yaml_error(error).replace(str(path), name or str(path))) from None
-    return as_data(cfg, name or str(path))
+    except (ConfigError, yaml.YAMLError) as error:
+        line = str(error) if isinstance(error, ConfigError) else describe_yaml_error(error)
+        raise ConfigError(line.replace(str(path), name)) from None
+    return as_data(cfg, name)
 
 
 def as_data(cfg: DictConfig, name: str) -> DictConfig:
@@ -97,7 +103,7 @@ def as_data(cfg: DictConfig, name: str) -> DictConfig:
         raise ConfigError(f"{name}: expected a mapping of config keys, got a {type(plain).__name__}")
     plain.pop("hydra", None)
     for key, value in _strings(plain):
-        call = RESOLVER_CALL.search(value)
+        call = next((c for c in RESOLVER_CALL.finditer(value) if c.group(1) not in OWN_RESOLVERS), None)
         if call:
             raise ConfigError(
                 f"{name}: {key}: calls the resolver {call.group(1)}; a logged config is data "

@@ -6,14 +6,16 @@ one leaderboard design."""
 from __future__ import annotations
 
 import math
+import re
 import sys
 import tempfile
+from pathlib import Path
 
 import mlflow
 import optuna
 import pandas as pd
-from omegaconf import OmegaConf
 
+from study.core.config_files import load_logged_config
 from study.core.masking import mask_secrets
 from study.core.names import (
     ERROR_TAG,
@@ -63,6 +65,13 @@ GROUPS = ("data", "model", "optimizer")  # `model.name` is shown as `model`
 
 class ReportError(ValueError):
     pass
+
+
+def report_file(output_dir: str | Path, name: str, suffix: str) -> Path:
+    """The report file of a study or experiment name, always inside `output_dir`: the name is
+    not a path (`/abs/path`, `../x`), so separators, dots at the ends and the like become `_`."""
+    stem = re.sub(r"[^\w.-]+", "_", name).strip("._") or "report"
+    return Path(output_dir) / f"{stem}{suffix}"
 
 
 def runs_frame(experiment: str, filter_string: str = "") -> pd.DataFrame:
@@ -150,7 +159,7 @@ def search_space_targets(parent_run_id: str) -> dict[str, str]:
             path = mlflow.artifacts.download_artifacts(
                 run_id=parent_run_id, artifact_path="search_space.yaml", dst_path=scratch
             )
-            return space_targets(OmegaConf.load(path))
+            return space_targets(load_logged_config(path))
     except Exception:  # an older study or a missing artifact: params keep their own names
         return {}
 

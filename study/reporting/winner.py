@@ -20,10 +20,10 @@ import optuna
 from mlflow import MlflowClient
 from mlflow.entities import LoggedModel, LoggedModelStatus
 from mlflow.exceptions import MlflowException
-from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial
 
 from study.config.checks import checked_config
+from study.core.config_files import load_logged_config
 from study.core.names import (
     BEST_MODEL_TAG,
     BEST_RUN_TAG,
@@ -69,7 +69,7 @@ def evaluate_winner(
     with tempfile.TemporaryDirectory(prefix="study-winner-") as scratch:
         config_file = client.download_artifacts(run_id, "config.yaml", scratch)
         checkpoint = client.download_artifacts(run_id, "checkpoints/best.keras", scratch)
-        cfg = checked_config(OmegaConf.load(config_file))
+        cfg = checked_config(load_logged_config(config_file, name=f"run {run_id}: config.yaml"))
         data = load_dataset(cfg.data, cfg.trainer.seed)
         model = keras.saving.load_model(checkpoint)
         checkpoint_sha256 = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()

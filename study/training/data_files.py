@@ -5,6 +5,7 @@ of images in class subfolders. What they hold is checked by `study.training.data
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -26,6 +27,9 @@ NPZ_KEYS = tuple(IDX_FILES)
 
 
 IDX_UBYTE = 0x08
+
+
+MAX_GZIP_RATIO = 1032  # deflate's largest expansion: a header promising more is refused unread
 
 
 TEST_FRACTION = 0.2  # of a data set that comes in one piece (digits, an image folder)
@@ -123,22 +127,48 @@ def idx_file(folder: Path, key: str) -> Path | None:
 
 
 def read_idx(file: Path) -> np.ndarray:
-    """Read one IDX file (gzip-compressed or not) of unsigned bytes."""
+    """Read one IDX file (gzip-compressed or not) of unsigned bytes.
+
+    The header comes first, from the first bytes of the (decompressed) stream; then exactly the
+    bytes it declares are read, and one more to see that nothing follows. A file that holds more
+    (a gzip bomb under a small header) is refused after those bytes, not after all of it, and
+    a header that promises more than the file can hold is refused before any of it.
+    """
     try:
-        data = gzip.decompress(file.read_bytes()) if file.suffix == ".gz" else file.read_bytes()
+        with gzip.open(file, "rb") if file.suffix == ".gz" else open(file, "rb") as stream:
+            shape = _idx_shape(file, stream.read(4), stream)
+            header_size, declared = 4 + 4 * len(shape), math.prod(shape)
+            _check_room(file, shape, header_size + declared)
+            data = stream.read(declared)
+            more = stream.read(1)
     except (OSError, EOFError, zlib.error) as error:
         raise ConfigError(f"data file {file}: cannot be read or decompressed ({error})") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != IDX_UBYTE or not 1 <= data[3] <= 4:
-        raise ConfigError(f"data file {file}: not an IDX file of unsigned bytes (bad magic number)")
-    ndim = data[3]
-    header_size = 4 + 4 * ndim
-    shape = struct.unpack(f">{ndim}I", data[4:header_size])
-    expected = header_size + int(np.prod(shape))
-    if len(data) != expected:
+    if len(data) != declared or more:
+        held = f"more than {header_size + declared}" if more else str(header_size + len(data))
         raise ConfigError(
-            f"data file {file}: holds {len(data)} bytes, its header {shape} promises {expected}"
+            f"data file {file}: holds {held} bytes, its header {shape} promises {header_size + declared}"
         )
-    return np.frombuffer(data, dtype=np.uint8, offset=header_size).reshape(shape)
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+
+
+def _idx_shape(file: Path, magic: bytes, stream) -> tuple[int, ...]:
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] != IDX_UBYTE or not 1 <= magic[3] <= 4:
+        raise ConfigError(f"data file {file}: not an IDX file of unsigned bytes (bad magic number)")
+    dims = stream.read(4 * magic[3])
+    if len(dims) != 4 * magic[3]:
+        raise ConfigError(f"data file {file}: its IDX header ends early ({4 + len(dims)} bytes)")
+    return struct.unpack(f">{magic[3]}I", dims)
+
+
+def _check_room(file: Path, shape: tuple[int, ...], promised: int) -> None:
+    """Deflate expands at most about 1032:1; an uncompressed file holds exactly its size."""
+    size = file.stat().st_size
+    room = size * MAX_GZIP_RATIO if file.suffix == ".gz" else size
+    if promised > room:
+        raise ConfigError(
+            f"data file {file}: its header {shape} promises {promised} bytes, "
+            f"more than a file of {size} bytes can hold"
+        )
 
 
 def write_idx(file: Path, array: np.ndarray) -> None:

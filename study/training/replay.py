@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
@@ -20,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from study.config.checks import checked_config
 from study.config.probes import builder_source_digest
-from study.core.errors import ConfigError, describe_yaml_error, error_line
+from study.core.config_files import load_logged_config
+from study.core.errors import ConfigError, error_line
 from study.core.names import (
     DATA_DIGEST_TAG,
     MODEL_SOURCE_TAG,
@@ -32,7 +32,6 @@ from study.core.names import (
 from study.tracking.lineage import package_versions
 from study.tracking.runs import RunTracker
 from study.training.data import load_dataset
-from study.training.replay_config import REPLAY_HYDRA_BLOCK
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +54,14 @@ def logged_config(
     run_id = original.info.run_id
     try:
         config_file = Path(client.download_artifacts(run_id, "config.yaml", str(folder)))
-        logged = OmegaConf.load(config_file)
     except (MlflowException, OSError) as error:
         raise ConfigError(
             f"run {run_id}: has no readable config.yaml artifact ({error_line(error)})"
         ) from None
-    except yaml.YAMLError as error:
-        where = describe_yaml_error(error).replace(str(folder / "config.yaml"), "config.yaml")
-        raise ConfigError(f"run {run_id}: {where}") from None
+    try:  # data: bounded YAML, no hydra: block, no resolver calls (${oc.env:...})
+        logged = load_logged_config(config_file, name="config.yaml")
+    except ConfigError as error:
+        raise ConfigError(f"run {run_id}: {error}") from None
     source_problem = model_source_problem(original, logged)
     if source_problem and not force:
         raise ConfigError(f"{source_problem}; pass --force to reproduce anyway")
@@ -113,7 +112,7 @@ def replay(client: MlflowClient, cfg: DictConfig, tags: dict[str, str], folder: 
     """Train `cfg` in a fresh process with the documented replay command; returns the new run."""
     plain = OmegaConf.to_container(cfg)
     plain["mlflow"]["tags"] = {**plain["mlflow"].get("tags", {}), **tags}
-    plain.update(REPLAY_HYDRA_BLOCK)  # Hydra's output folder under runs/, not outputs/ in the cwd
+    # No hydra: block; study.train keeps Hydra's output folder under runs/ for a --config-path.
     replay_dir = Path(tempfile.mkdtemp(dir=folder))
     (replay_dir / "config.yaml").write_text(OmegaConf.to_yaml(plain))
     command = [
