@@ -4,6 +4,7 @@ output never shows a password."""
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import logging
 import math
@@ -24,6 +25,8 @@ from study.core.errors import ConfigError, describe_error
 from study.core.masking import mask_console, mask_files, mask_log_records, mask_secrets, private_files
 
 INPUT_ERRORS = (ConfigError, HydraException, OmegaConfBaseException, yaml.YAMLError)
+# A folder that cannot be made where the config points: below a file, not allowed, read-only.
+FOLDER_ERRNOS = (errno.ENOTDIR, errno.EEXIST, errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def run_cli(hydra_main: Callable[[], object], replay_overrides: Sequence[str] = ()) -> None:
@@ -48,8 +51,10 @@ def run_cli(hydra_main: Callable[[], object], replay_overrides: Sequence[str] = 
         hydra_main()
     except INPUT_ERRORS as error:
         exit_with_input_error(error)
-    except (NotADirectoryError, FileExistsError, PermissionError) as error:
-        exit_with_input_error(error)  # Hydra's output folder cannot be made: runs_dir is a file
+    except OSError as error:
+        if error.errno not in FOLDER_ERRNOS:
+            raise
+        exit_with_input_error(error)  # Hydra's output folder cannot be made: runs_dir is a file, read-only
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -361,3 +362,49 @@ def test_an_optuna_database_given_as_the_tracking_store_on_postgresql_and_the_re
     assert_refused(done, "study.sweep: error: study.storage: expected an Optuna database, but", tmp_path)
     tables = set(sqlalchemy.inspect(sqlalchemy.create_engine(f"{postgres}/mlflow")).get_table_names())
     assert "studies" not in tables  # Optuna wrote nothing into MLflow's database
+
+
+def read_only_run(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """`study.train` with tmp_path/ro mounted read-only (a bind mount in a mount namespace of
+    its own: chmod does not stop root, which CI runs as)."""
+    read_only = tmp_path / "ro"
+    read_only.mkdir(exist_ok=True)
+    inner = (
+        f"mount --bind {read_only} {read_only} && mount -o remount,bind,ro {read_only} && "
+        f"exec {sys.executable} -m study.train data=digits {' '.join(overrides)}"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "MLFLOW_TRACKING_URI")}
+    return subprocess.run(
+        ["unshare", "-m", "sh", "-c", inner],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("runs_dir=ro/runs", "[Errno 30] Read-only file system: 'ro/runs'"),
+        (
+            "mlflow.tracking_uri=sqlite:///ro/mlflow.db",
+            "mlflow.tracking_uri: expected a SQLite database file",
+        ),
+        (
+            "mlflow.artifact_location=ro/artifacts",
+            "mlflow.artifact_location: expected a folder that can be made",
+        ),
+    ],
+)
+def test_a_read_only_folder_is_one_line(tmp_path, override, expected):
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip("needs unshare -m (root, as in CI) to mount a read-only folder")
+    done = read_only_run(tmp_path, override)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert lines[0].startswith("study.train: error: ") and expected in lines[0], lines[0]
+    assert "ro" in lines[0]
+    assert not list((tmp_path / "ro").iterdir())
