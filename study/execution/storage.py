@@ -61,7 +61,10 @@ def make_storage(study_cfg: DictConfig, tracking_uri: str) -> optuna.storages.Ba
     if url.startswith("sqlite:"):
         database = url.removeprefix("sqlite:///")
         if database and database != ":memory:":
-            check_existing_file(Path(database), "an Optuna SQLite database", _sqlite_header_ok)
+            # Not opened here but by SQLite alone: a process that holds the study open (a second
+            # session of the Python API) would lose SQLite's locks when any other handle on the
+            # file closes, and with them writes of the write-ahead log.
+            check_existing_file(Path(database), "an Optuna SQLite database", None)
             check_sqlite_intact(Path(database))
             Path(database).parent.mkdir(parents=True, exist_ok=True)
             use_write_ahead_log(Path(database))
@@ -124,9 +127,11 @@ def check_existing_file(path: Path, kind: str, header_ok) -> None:
             f"study.storage: {path} is empty (0 bytes), not {kind}; it may be damaged: "
             "restore it, or move it away to start a new study"
         )
+    if header_ok is None:
+        return  # SQLite reads its own header (check_sqlite_intact)
     with path.open("rb") as file:
         head = file.read(len(SQLITE_HEADER))
-    if size and not header_ok(head):
+    if not header_ok(head):
         raise ConfigError(f"study.storage: {path} is not {kind} (damaged or another kind of file)")
 
 
@@ -150,15 +155,15 @@ def check_sqlite_intact(path: Path) -> None:
             problems = [row[0] for row in db.execute("PRAGMA quick_check")]
     except sqlite3.DatabaseError as error:
         problems = [str(error)]
+    if problems == ["file is not a database"]:
+        raise ConfigError(
+            f"study.storage: {path} is not an Optuna SQLite database (damaged or another kind of file)"
+        )
     if problems != ["ok"]:
         raise ConfigError(
             f"study.storage: {path} is a damaged Optuna SQLite database ({problems[0]}); "
             "restore it from a backup, or move it away to start a new study"
         )
-
-
-def _sqlite_header_ok(head: bytes) -> bool:
-    return head == SQLITE_HEADER
 
 
 def _journal_header_ok(head: bytes) -> bool:

@@ -75,7 +75,9 @@ def test_no_trial_goes_stale_for_a_silence_the_outage_caused(tmp_path):
     study = optuna.create_study(study_name="s", storage=storage)
     trial = study.ask()
     storage.record_heartbeat(trial._trial_id)
-    time.sleep(2.5)  # past the grace period of 2 x heartbeat_interval
+    # Past the grace period of 2 x heartbeat_interval; SQLite's clock (CURRENT_TIMESTAMP) counts
+    # whole seconds, so a silence of 2.5 s may read as 2.
+    time.sleep(3.5)
     assert storage._get_stale_trial_ids(study._study_id) == [trial._trial_id]
     storage.store_retry.last_unreachable = time.monotonic()  # a call of this process just waited
     assert storage._get_stale_trial_ids(study._study_id) == []  # nobody could beat meanwhile
