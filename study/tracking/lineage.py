@@ -11,6 +11,7 @@ import importlib.metadata
 import logging
 import os
 import platform
+import re
 import types
 import warnings
 from collections.abc import Iterator, Mapping
@@ -24,6 +25,7 @@ from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import DatasetInput, InputTag
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.types import Schema, TensorSpec
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
@@ -93,6 +95,10 @@ def dataset_source(source: str) -> DatasetSource:
     return LibrarySource(source)
 
 
+# How SQLite, PostgreSQL and MySQL say a row with that key exists already.
+DUPLICATE_KEY = re.compile(r"UNIQUE constraint failed|duplicate key value|Duplicate entry", re.IGNORECASE)
+
+
 def log_dataset(client: MlflowClient, run_id: str, dataset: Data) -> None:
     """The run's data set as a dataset input: name, source, digest and the images' shape."""
     schema = Schema(
@@ -108,7 +114,15 @@ def log_dataset(client: MlflowClient, run_id: str, dataset: Data) -> None:
         schema=schema,
     )
     context = InputTag(key=MLFLOW_DATASET_CONTEXT, value="training")
-    client.log_inputs(run_id, datasets=[DatasetInput(meta._to_mlflow_entity(), tags=[context])])
+    inputs = [DatasetInput(meta._to_mlflow_entity(), tags=[context])]
+    try:
+        client.log_inputs(run_id, datasets=inputs)
+    except MlflowException as error:
+        # Runs that start together each insert the experiment's new dataset row; the store keeps
+        # one and refuses the others (a unique key). The row exists now: link the run to it.
+        if not DUPLICATE_KEY.search(str(error)):
+            raise
+        client.log_inputs(run_id, datasets=inputs)
 
 
 def log_keras_model(
