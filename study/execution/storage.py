@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 SQLITE_LOCK_TIMEOUT_SECONDS = 60  # several workers write to one SQLite file
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 15
 SCHEMA_RACE_DELAYS = (0.5, 1.0, 2.0)  # seconds between looks at a schema being created
-SQLITE_HEADER = b"SQLite format 3\x00"
 # A driver that creates a study's SQLite file writes its header within milliseconds: an empty
 # file that stays empty this long is not being made by another driver starting the study.
 EMPTY_FILE_WAIT_SECONDS = 2.0
@@ -49,7 +48,8 @@ def make_storage(study_cfg: DictConfig, tracking_uri: str) -> optuna.storages.Ba
     url = study_cfg.storage
     retry = RetryWithSameParams(tracking_uri, study_cfg.max_retry)
     if "://" not in url:
-        check_existing_file(Path(url), "an Optuna journal file", _journal_header_ok)
+        check_existing_file(Path(url), "an Optuna journal file")
+        check_journal_header(Path(url))
         Path(url).parent.mkdir(parents=True, exist_ok=True)
         try:
             return JournalStorage(JournalFileBackend(url))
@@ -64,7 +64,7 @@ def make_storage(study_cfg: DictConfig, tracking_uri: str) -> optuna.storages.Ba
             # Not opened here but by SQLite alone: a process that holds the study open (a second
             # session of the Python API) would lose SQLite's locks when any other handle on the
             # file closes, and with them writes of the write-ahead log.
-            check_existing_file(Path(database), "an Optuna SQLite database", None)
+            check_existing_file(Path(database), "an Optuna SQLite database")
             check_sqlite_intact(Path(database))
             Path(database).parent.mkdir(parents=True, exist_ok=True)
             use_write_ahead_log(Path(database))
@@ -110,7 +110,7 @@ def rdb_storage(url: str, **kwargs) -> optuna.storages.RDBStorage:
     return RetryingRDBStorage(url, **kwargs)
 
 
-def check_existing_file(path: Path, kind: str, header_ok) -> None:
+def check_existing_file(path: Path, kind: str) -> None:
     """An existing study file must be what it claims: never silently replaced by a new study."""
     if not path.exists():
         return
@@ -127,12 +127,18 @@ def check_existing_file(path: Path, kind: str, header_ok) -> None:
             f"study.storage: {path} is empty (0 bytes), not {kind}; it may be damaged: "
             "restore it, or move it away to start a new study"
         )
-    if header_ok is None:
-        return  # SQLite reads its own header (check_sqlite_intact)
+
+
+def check_journal_header(path: Path) -> None:
+    """Optuna's journal is one JSON object per line. (A SQLite file's header is SQLite's to read,
+    see check_sqlite_intact.)"""
+    if not path.is_file():
+        return
     with path.open("rb") as file:
-        head = file.read(len(SQLITE_HEADER))
-    if not header_ok(head):
-        raise ConfigError(f"study.storage: {path} is not {kind} (damaged or another kind of file)")
+        if not file.read(1).startswith(b"{"):
+            raise ConfigError(
+                f"study.storage: {path} is not an Optuna journal file (damaged or another kind of file)"
+            )
 
 
 def use_write_ahead_log(path: Path) -> None:
@@ -164,10 +170,6 @@ def check_sqlite_intact(path: Path) -> None:
             f"study.storage: {path} is a damaged Optuna SQLite database ({problems[0]}); "
             "restore it from a backup, or move it away to start a new study"
         )
-
-
-def _journal_header_ok(head: bytes) -> bool:
-    return head.startswith(b"{")  # Optuna's journal: one JSON object per line
 
 
 def describe_storage_error(error: Exception, url: str) -> str:
