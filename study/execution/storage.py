@@ -14,6 +14,7 @@ import logging
 import sqlite3
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -67,9 +68,9 @@ def make_storage(study_cfg: DictConfig, tracking_uri: str) -> optuna.storages.Ba
             check_existing_file(Path(database), "an Optuna SQLite database")
             check_sqlite_intact(Path(database))
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-            use_write_ahead_log(Path(database))
-            # Drivers that start together on a new file would each create Optuna's tables.
-            first_open = creation_lock(Path(database))
+            # Drivers that start together on a new file would each create Optuna's tables and
+            # switch its journal (SQLite refuses the losers at once: "database is locked").
+            first_open = first_open_of_sqlite(Path(database))
         engine_kwargs["connect_args"] = {"timeout": SQLITE_LOCK_TIMEOUT_SECONDS}
     elif url.startswith("postgresql"):
         # A host that drops packets answers in seconds, not after the system's TCP time-out.
@@ -141,13 +142,25 @@ def check_journal_header(path: Path) -> None:
             )
 
 
+@contextlib.contextmanager
+def first_open_of_sqlite(path: Path) -> Iterator[None]:
+    """One process of this machine at a time opens the file for the first time."""
+    with creation_lock(path):
+        use_write_ahead_log(path)
+        yield
+
+
 def use_write_ahead_log(path: Path) -> None:
     """SQLite's write-ahead log (kept by the file from then on): readers never block writers,
     so a worker frozen (SIGSTOP) between two reads of the study cannot lock the driver and the
     other workers out, and the driver can fail the frozen worker's trial. Only a process frozen
-    inside one of its short writes still holds the others up."""
+    inside one of its short writes still holds the others up.
+
+    Switching needs the file to itself; a file already switched is only read, so a worker that
+    joins a running study does not wait for a quiet moment."""
     with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_LOCK_TIMEOUT_SECONDS)) as db:
-        db.execute("PRAGMA journal_mode=WAL")
+        if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            db.execute("PRAGMA journal_mode=WAL")
 
 
 def check_sqlite_intact(path: Path) -> None:
