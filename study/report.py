@@ -1,6 +1,7 @@
 """Leaderboards from the tracking store: `python -m study.report`.
 
     python -m study.report --study default                 # one study's trials
+    python -m study.report --study asha --all-rungs        # scheduler=asha: every rung's trial
     python -m study.report --study cnn-lr --study default  # two studies side by side
     python -m study.report --experiment study --markdown   # every run of an experiment
 
@@ -35,6 +36,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--storage", help="Optuna storage URL (default: the one the study logged)")
     parser.add_argument("--output-dir", default="runs/reports", help="where the CSV and Markdown go")
     parser.add_argument("--markdown", action="store_true", help="also write a Markdown table")
+    parser.add_argument(
+        "--all-rungs",
+        action="store_true",
+        help="scheduler=asha: a row per trial (rung), not per configuration",
+    )
     return parser.parse_args(argv)
 
 
@@ -51,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_readable(args.tracking_uri, "--tracking-uri")
         if args.study:
-            table = pd.concat([study_table(name, args.storage) for name in args.study], ignore_index=True)
+            table = pd.concat(
+                [study_table(name, args.storage, args.all_rungs) for name in args.study], ignore_index=True
+            )
             name = "_vs_".join(args.study)
         else:
             table = experiment_table(args.experiment)

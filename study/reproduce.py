@@ -2,9 +2,11 @@
 
 The run's logged `config.yaml` is replayed in a fresh process with the documented command
 (`python -m study.train --config-path DIR --config-name config`), into a new run tagged
-`reproduction_of`. The original and reproduced metrics are printed side by side; the
-command exits 1 when they differ by more than `--tolerance`. Before training it refuses,
-unless `--force`, when the data or the package versions differ from the original's.
+`reproduction_of`, with the original's Keras backend, CPU threads and cores restored in that
+process (the tags say which; a trial of a multi-worker study had its share of the cores). The
+original and reproduced metrics are printed side by side; the command exits 1 when they differ
+by more than `--tolerance`. Before training it refuses, unless `--force`, when the data, the
+package versions, the device kind or an explicit KERAS_BACKEND differ from the original's.
 
 `--seeds N` instead re-trains the config with N other seeds and logs the mean and standard
 deviation of validation and test accuracy on the original run: a good config or a lucky seed?
@@ -24,14 +26,10 @@ from mlflow import MlflowClient
 from study.core.cli import at_least_zero
 from study.core.errors import ConfigError, error_line
 from study.core.masking import mask_console, mask_secrets, private_files
-from study.core.names import (
-    DEFAULT_TRACKING_URI,
-    REPRODUCED_BY_TAG,
-    REPRODUCTION_DIFF_TAG,
-    REPRODUCTION_OF_TAG,
-)
-from study.tracking import RunTracker, missing_local_store
+from study.core.names import DEFAULT_TRACKING_URI, REPRODUCTION_OF_TAG
+from study.tracking import missing_local_store
 from study.training import replay
+from study.training.backend import restored
 
 EXIT_DIFFERENT = 1
 EXIT_REFUSED = 2
@@ -84,27 +82,19 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as error:
             return refuse(str(error))
         cfg = replay.with_tracking_uri(cfg, args.tracking_uri)
-        if args.seeds:
-            return replay.seed_variance(client, original, cfg, args.seeds, Path(scratch))
-        problems = [
-            *([source_problem] if source_problem else []),
-            *replay.differences_before_training(original, cfg),
-        ]
+        setup = restored(original.info.run_id, original.data.tags)  # what else decides its numbers
+        problems = [*([source_problem] if source_problem else []), *setup.problems]
+        if not args.seeds:  # other seeds measure a spread: the same data is not asked of them
+            problems += replay.differences_before_training(original, cfg)
         if problems and not args.force:
             return refuse("; ".join(problems) + "; pass --force to reproduce anyway")
-        for problem in problems:
-            logging.getLogger(__name__).warning("going on despite: %s", problem)
+        for problem in problems + (setup.notes if not args.seeds else []):
+            logging.getLogger(__name__).warning("the numbers may differ: %s", problem)
+        if args.seeds:
+            return replay.seed_variance(client, original, cfg, args.seeds, Path(scratch), setup)
         tags = {REPRODUCTION_OF_TAG: original.info.run_id}
-        reproduced = replay.replay(client, cfg, tags, Path(scratch))
-    table = replay.compare(client, original, reproduced)
-    print(table.to_string(index=False))
-    worst = float(table["abs_diff"].max()) if len(table) else 0.0
-    same = worst <= args.tolerance
-    # log_batch: two reproductions of one run may tag it at once (see RunTracker.set_tags).
-    RunTracker(client, original.info.run_id).set_tags({REPRODUCED_BY_TAG: reproduced.info.run_id})
-    RunTracker(client, reproduced.info.run_id).set_tags({REPRODUCTION_DIFF_TAG: repr(worst)})
-    verdict = "reproduced" if same else f"NOT reproduced (tolerance {args.tolerance})"
-    print(f"{verdict}: largest difference {worst:.3g}, new run {reproduced.info.run_id}")
+        reproduced = replay.replay(client, cfg, tags, Path(scratch), setup)
+    same = replay.judged(client, original, reproduced, args.tolerance, [*problems, *setup.notes])
     return 0 if same else EXIT_DIFFERENT
 
 

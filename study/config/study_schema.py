@@ -63,6 +63,11 @@ class StudyConfig:
         default="${study.name}",
         metadata=must(f"null or {NAME_EXPECTED}", lambda v: v is None or is_name(v)),
     )
+    # After the search: the best confirm_top configurations trained again with confirm_seeds
+    # other seeds each (trainer.seed + 1, + 2, ...); the winner is the best mean over the seeds.
+    # 0 (either): off. A finished study run again with them only confirms (study/execution/confirmation.py).
+    confirm_top: int = field(default=0, metadata=at_least(0))
+    confirm_seeds: int = field(default=3, metadata=at_least(0))
 
 
 @dataclass

@@ -25,13 +25,21 @@ from study.core.errors import short_error
 from study.core.names import (
     BASELINE_ATTR,
 )
-from study.execution.parent import check_space_unchanged, create_or_load_study, parent_run
+from study.execution.confirmation import confirm_best
+from study.execution.parent import (
+    check_budget_unchanged,
+    check_space_unchanged,
+    create_or_load_study,
+    parent_run,
+    training_budget,
+)
 from study.execution.pool import WorkerPool
 from study.execution.recovery import end_orphaned_runs, fail_ownerless_trials
 from study.execution.spec import WorkerSpec
 from study.execution.storage import make_storage
 from study.reporting.finish import finish
 from study.reporting.live import StudyProgress
+from study.reporting.noise import study_command
 from study.search.asha import ladder_for
 from study.search.budget import DONE, TIMEOUT, Budget, Verdict
 from study.search.pruners import build_pruner
@@ -77,6 +85,7 @@ def run_sweep(
     storage = make_storage(settings.study, base.mlflow.tracking_uri)
     study, created = create_or_load_study(settings, storage)
     check_space_unchanged(study, space, base)
+    check_budget_unchanged(study, created, training_budget(base, dataset.digest), storage)
 
     # Inputs are good: from here on the stores are written.
     session_start = time.time()
@@ -111,7 +120,10 @@ def run_sweep(
                 incomplete_message(settings, verdict, f"{verdict.reason()}, none finished")
             )
         try:
-            summary = finish(study, settings, parent, study_dir)
+            # Before the winner is chosen: with study.confirm_top, it is chosen on a mean over seeds.
+            confirm_best(study, settings, base, parent, search_done=verdict.stop == DONE)
+            command = study_command(config_dir, config_name, overrides)  # the summary may print it
+            summary = finish(study, settings, parent, study_dir, command)
         finally:
             end_orphaned_runs(study, parent)
         verdict = budget.judge(study.get_trials(deepcopy=False))

@@ -11,7 +11,9 @@ write checks the trial's fence first (`fencing.TrialLost`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import optuna
 from omegaconf import DictConfig
@@ -39,6 +41,10 @@ from study.execution.trial_run import TrialRun
 from study.search import asha
 from study.search.budget import Budget
 from study.search.space import SearchSpace, as_overrides
+
+# Keys whose short names read better than their initials in a run's name (lr1.2e-3-d0.31).
+SHORT_KEYS = {"learning_rate": "lr", "dropout_rate": "d", "batch_size": "bs", "epsilon": "eps"}
+MAX_RUN_NAME = 100  # the MLflow UI's run column shows about this much
 
 log = logging.getLogger("study.worker")
 
@@ -131,7 +137,7 @@ class TrialObjective:
             raise NotNeeded(reason)
         sampled = self.space.sample(trial, self.base)
         promotion, stop, config = self._rung(trial, frozen, trials)
-        with self._open_run(trial, frozen, trials, config) as tracker:
+        with self._open_run(trial, frozen, trials, config, sampled) as tracker:
             logdir = self.study_dir / "tensorboard" / f"trial_{config:04d}"
             if config == trial.number:  # a new configuration (a promotion continues its run)
                 trial.set_user_attr(MLFLOW_RUN_ATTR, tracker.run_id)
@@ -173,16 +179,22 @@ class TrialObjective:
         return ["trainer.resumable=true", f"{key}={stop}"]
 
     def _open_run(
-        self, trial: optuna.Trial, frozen: FrozenTrial, trials: list[FrozenTrial], config: int
+        self,
+        trial: optuna.Trial,
+        frozen: FrozenTrial,
+        trials: list[FrozenTrial],
+        config: int,
+        sampled: Mapping[str, Any],
     ) -> TrialRun:
-        """A new run for a new configuration; a promotion reopens its configuration's run."""
+        """A new run for a new configuration, named by its values; a promotion reopens its
+        configuration's run."""
         tags = self._tags(trial, frozen)
         if self.ladder is not None:
             tags[CONFIG_TAG] = str(config)
         if config == trial.number:
             return TrialRun.start(
                 self.base.mlflow,
-                run_name=f"{self.settings.study.name}-trial-{trial.number:04d}",
+                run_name=trial_run_name(sampled, self.base, self.space),
                 tags=tags,
                 parent_run_id=self.parent_run_id,
                 fence=self.fence,
@@ -215,3 +227,50 @@ class TrialObjective:
                 )
 
         return report
+
+
+def trial_run_name(sampled: Mapping[str, Any], base: DictConfig, space: SearchSpace) -> str:
+    """What a trial tries, as its run's name in the MLflow UI: its model, its optimizer and each
+    other value it searched, `cnn-adam-lr1.2e-3-d0.31` (its number is the run's
+    optuna.trial.number tag)."""
+    parts = [str(sampled.get("model", base.model.name)), str(sampled.get("optimizer", base.optimizer.name))]
+    short = short_names([entry.target for entry in space.entries if not entry.is_group])
+    for key, value in sampled.items():
+        if key in ("model", "optimizer"):
+            continue
+        # A searched group other than model and optimizer (data=...) shows its option alone.
+        parts.append(f"{short[key]}{short_value(value)}" if key in short else str(value))
+    return "-".join(parts)[:MAX_RUN_NAME]
+
+
+def short_names(keys: list[str]) -> dict[str, str]:
+    """{config key: a short name}: `lr` for optimizer.learning_rate, initials for the rest
+    (`h1u` for model.hidden1_units); names two keys of the space would share are spelled out."""
+    keys = list(dict.fromkeys(keys))  # two entries may set one key (a learning rate per optimizer)
+    leaves = {key: key.rsplit(".", 1)[-1] for key in keys}
+    short = {key: SHORT_KEYS.get(leaf) or initials(leaf) for key, leaf in leaves.items()}
+    shared = {name for name in short.values() if list(short.values()).count(name) > 1}
+    unique_leaves = {leaf for leaf in leaves.values() if list(leaves.values()).count(leaf) == 1}
+    return {
+        key: name if name not in shared else (leaves[key] if leaves[key] in unique_leaves else key)
+        for key, name in short.items()
+    }
+
+
+def initials(name: str) -> str:
+    """hidden1_units -> h1u: each word's first letter and its digits."""
+    words = [word for word in name.split("_") if word]
+    return "".join(word[0] + "".join(c for c in word[1:] if c.isdigit()) for word in words) or name
+
+
+def short_value(value: Any) -> str:
+    """Two significant digits, exponents short: 1.2e-3, 0.31, 64, true."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if not isinstance(value, float):
+        return str(value)
+    text = f"{value:.1e}" if value and abs(value) < 0.01 else f"{value:.2g}"
+    if "e" not in text:
+        return text
+    mantissa, exponent = text.split("e")
+    return f"{mantissa.removesuffix('.0')}e{int(exponent)}"

@@ -6,13 +6,21 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
 from study.core.errors import ConfigError
 from study.core.masking import write_masked
-from study.core.names import OPTUNA_STUDY_TAG, PARENT_RUN_ATTR, STUDY_NAME_TAG, STUDY_ROLE_TAG
+from study.core.names import (
+    DATA_DIGEST_TAG,
+    OPTUNA_STUDY_TAG,
+    PARENT_RUN_ATTR,
+    STUDY_NAME_TAG,
+    STUDY_ROLE_TAG,
+    TRAINING_BUDGET_ATTR,
+)
 from study.execution.storage import describe_storage_error
 from study.search.space import SearchSpace
 from study.tracking.runs import RunTracker, flatten, terminal_status
@@ -39,6 +47,59 @@ def check_space_unchanged(study: optuna.Study, space: SearchSpace, base: DictCon
                     f"(was {before}, now {now}); "
                     "restore it, or start a new study with another study.name"
                 ) from None
+
+
+def training_budget(base: DictConfig, data_digest: str) -> dict[str, Any]:
+    """What a trial's score depends on besides its sampled values: how long it trains and on
+    which examples (the digest of the arrays covers the data's files, split and limits)."""
+    trainer = base.trainer
+    return {
+        "trainer.epochs": trainer.epochs,
+        "trainer.max_steps": trainer.max_steps,
+        "trainer.batch_size": trainer.batch_size,
+        DATA_DIGEST_TAG: data_digest,
+    }
+
+
+def check_budget_unchanged(study: optuna.Study, created: bool, budget: dict[str, Any], storage) -> None:
+    """A resumed study keeps its training budget and data: otherwise its leaderboard and margins
+    would compare 4-epoch trials with 1-epoch ones. The driver that creates the study records
+    them; a driver that finds none records its own (a study made before they were recorded, or
+    whose creator died before it did)."""
+    if created:
+        study.set_user_attr(TRAINING_BUDGET_ATTR, budget)
+        return
+    recorded = recorded_budget(study, storage)
+    if recorded is None:
+        study.set_user_attr(TRAINING_BUDGET_ATTR, budget)
+        return
+    for key, value in budget.items():
+        if key in recorded and recorded[key] != value:
+            was, now = (shorter(key, v) for v in (recorded[key], value))
+            decided = "; data.*, trainer.seed and the data files decide it" if key == DATA_DIGEST_TAG else ""
+            raise ConfigError(
+                f"{key}: changed since study {study.study_name} began (was {was}, now {now}{decided}), "
+                "so new trials would not compare with earlier ones; "
+                "restore it, or start a new study with another study.name"
+            )
+
+
+def shorter(key: str, value: Any) -> str:
+    """A budget value as a refusal names it: a digest's first hex digits are enough to tell."""
+    return f"{value[:19]}..." if key == DATA_DIGEST_TAG and isinstance(value, str) else str(value)
+
+
+def recorded_budget(study: optuna.Study, storage) -> dict[str, Any] | None:
+    """The budget the study's creator recorded; a driver that started beside it waits for it,
+    as for the parent run (the creator records it first, before the parent run exists)."""
+    deadline = time.time() + PARENT_WAIT_SECONDS
+    while True:
+        recorded = study.user_attrs.get(TRAINING_BUDGET_ATTR)
+        begun = PARENT_RUN_ATTR in study.user_attrs or study.get_trials(deepcopy=False)
+        if recorded is not None or begun or time.time() >= deadline:
+            return recorded
+        time.sleep(POLL_SECONDS)
+        study = optuna.load_study(study_name=study.study_name, storage=storage)
 
 
 def describe_distribution(distribution: optuna.distributions.BaseDistribution) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from study.execution.spec import WorkerSpec
+from study.training.backend import Threads, available_cores
 
 log = logging.getLogger("study.sweep")
 
@@ -160,25 +161,14 @@ def worker_slots(study_cfg: DictConfig) -> list[tuple[dict[str, str], list[int]]
         gpu_env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "true", "XLA_PYTHON_CLIENT_MEM_FRACTION": share}
         return [({**base_env, **gpu_env, "CUDA_VISIBLE_DEVICES": str(gpu)}, []) for gpu in slots]
     base_env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
-    cores = (
-        sorted(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else list(range(os.cpu_count() or 1))
-    )
+    cores = available_cores()
     workers = study_cfg.n_workers
     if workers == 1:
         return [(base_env, [])]  # one worker uses every core
     slots = []
     for index in range(workers):
         share = cores[index::workers] or [cores[index % len(cores)]]
-        threads = str(len(share))
-        xla_flags = f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={threads}"
-        env = {
-            **base_env,
-            "TF_NUM_INTRAOP_THREADS": threads,
-            "TF_NUM_INTEROP_THREADS": "1",
-            "OMP_NUM_THREADS": threads,
-            "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {xla_flags}".strip(),  # JAX on CPU
-        }
-        slots.append((env, share))
+        # Each trial's run tags these (and its cores), and study.reproduce restores them.
+        threads = Threads.share(len(share), os.environ.get("XLA_FLAGS"))
+        slots.append(({**base_env, **threads.environment()}, share))
     return slots

@@ -30,6 +30,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from study.core.names import (
     ATTEMPT_ATTRS,
+    CONFIRMATION_DRIVER_TAG,
+    CONFIRMATION_OF_TAG,
     FAIL_REASON_ATTR,
     MLFLOW_RUN_ATTR,
     PARENT_RUN_ATTR,
@@ -201,6 +203,11 @@ def end_orphaned_runs(study: optuna.Study, parent: RunTracker) -> int:
     )
     ended = 0
     for run in runs:
+        if CONFIRMATION_OF_TAG in run.data.tags:  # a confirmation's seed: its driver ends it, unless gone
+            if gone_from_this_machine(run.data.tags.get(CONFIRMATION_DRIVER_TAG, "")):
+                RunTracker(client, run.info.run_id).end("KILLED", "its driver is gone")
+                ended += 1
+            continue
         state = states.get(run.data.tags.get(TRIAL_NUMBER_TAG, ""), TrialState.FAIL)
         if state != TrialState.RUNNING:
             final = state if state.is_finished() else TrialState.FAIL

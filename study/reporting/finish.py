@@ -4,6 +4,7 @@ set and in the Model Registry, the leaderboard, and a summary of what won and wh
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import optuna
@@ -14,18 +15,27 @@ from study.core.names import BEST_TEST_METRIC
 from study.reporting.leaderboard import space_targets, trials_table
 from study.reporting.summary import final_summary
 from study.search.budget import count_trials
+from study.search.confirmation import ConfirmedStudy
 from study.search.ranking import best_trial
 from study.tracking.runs import RunTracker
 
 
-def finish(study: optuna.Study, settings: DictConfig, parent: RunTracker, study_dir: Path) -> dict:
+def finish(
+    study: optuna.Study,
+    settings: DictConfig,
+    parent: RunTracker,
+    study_dir: Path,
+    command: Sequence[str] = (),
+) -> dict:
     """Plots, the winner on the test set and in the Model Registry, the leaderboard, and a
-    summary that says what won, by how much, and where to look further."""
+    summary that says what won, by how much, and where to look further (`command`: the study's
+    own, which the summary may print again with more keys)."""
     # Here, not at the top: the driver starts the backend only to evaluate the winner.
     from study.reporting.plots import log_plots
     from study.reporting.winner import evaluate_winner
     from study.tracking.tensorboard import write_hparams_config
 
+    study = ConfirmedStudy(study)  # a confirmation's results on its trials: one winner for all below
     counts = count_trials(study.get_trials(deepcopy=False))
     parent.log_metrics(
         {"trials_complete": counts.complete, "trials_pruned": counts.pruned, "trials_failed": counts.failed}
@@ -56,5 +66,5 @@ def finish(study: optuna.Study, settings: DictConfig, parent: RunTracker, study_
     width = shutil.get_terminal_size((200, 40)).columns  # wide tables wrap by columns, not mid-line
     with pd.option_context("display.width", width, "display.max_columns", 30):
         print(table.to_string(index=False, max_colwidth=48, na_rep=""))
-    print(final_summary(study, settings, parent.client.tracking_uri, study_dir, summary, targets))
+    print(final_summary(study, settings, parent.client.tracking_uri, study_dir, summary, targets, command))
     return summary

@@ -3,9 +3,10 @@
 In a terminal, a live display (rich) under the scrolling output: one line per running trial
 (its number, sampled values, epoch k/n, latest val_accuracy, elapsed time) and a study line
 (done / pruned / failed, the best trial so far, elapsed time, an ETA from the trials finished so
-far). Above it, one permanent line per finished trial with its outcome. When stdout is not a
-terminal (CI, `| tee`), the same events as plain lines: a trial started, an epoch reported, a
-trial finished, and the study line after each finish and every minute.
+far; with scheduler=asha, configurations done and the trials, first rungs and promotions, that
+trained them). Above it, one permanent line per finished trial with its outcome. When stdout
+is not a terminal (CI, `| tee`), the same events as plain lines: a trial started, an epoch
+reported, a trial finished, and the study line after each finish and every minute.
 
 Its input is what the driver reads each poll anyway: the study's FrozenTrials (workers report
 val_accuracy after each epoch, so `len(trial.intermediate_values)` is the epoch reached) and the
@@ -37,7 +38,7 @@ from study.reporting.leaderboard import (
     trial_config,
     trial_error,
 )
-from study.search.asha import Ladder, is_promotion, rung_of
+from study.search.asha import Ladder, is_promotion, rung_of, was_needed
 from study.search.budget import TrialCounts
 from study.search.ranking import best_trial, trial_score
 
@@ -105,7 +106,8 @@ class StudyProgress:
         self.first = True
         workers_text = f"{self.workers} worker{'s' if self.workers > 1 else ''}"
         logs = f"; worker logs: {log_folder}/worker_N.log" if log_folder else ""
-        self._print(Text(f"study {name}: {n_trials} trials, {workers_text}{logs}"))
+        what = "configurations" if ladder is not None else "trials"  # what study.n_trials counts
+        self._print(Text(f"study {name}: {n_trials} {what}, {workers_text}{logs}"))
 
     @classmethod
     def from_settings(
@@ -187,8 +189,7 @@ class StudyProgress:
         return line
 
     def study_line(self, counts: TrialCounts, trials: list[FrozenTrial], now) -> Text:
-        line = Text(f"study {self.name}: {self._done(counts)}/{self.n_trials} done")
-        line.append(f" ({counts.complete} complete, {counts.pruned} pruned), {counts.failed} failed")
+        line = Text(f"study {self.name}: {self.done_text(counts, trials)}, {counts.failed} failed")
         line.append(f", {counts.running} running")
         best = self.best(trials)
         if best is not None:
@@ -241,6 +242,19 @@ class StudyProgress:
         reached = max(trial.intermediate_values, default=start)
         unit = "epoch" if self.ladder.unit == "epochs" else "step"
         return f"rung {rung} {unit} {reached}/{stop}"
+
+    def done_text(self, counts: TrialCounts, trials: list[FrozenTrial]) -> str:
+        """What is done. scheduler=asha trains a configuration in several trials (its first rung,
+        then a promotion per rung it earned), so configurations and trials are counted apart."""
+        done = f"{self._done(counts)}/{self.n_trials}"
+        if self.ladder is None:
+            return f"{done} done ({counts.complete} complete, {counts.pruned} pruned)"
+        complete = [t for t in trials if t.state == TrialState.COMPLETE and was_needed(t)]
+        promotions = sum(1 for trial in complete if is_promotion(trial))
+        return (
+            f"{done} configurations done ({len(complete)} trials: {len(complete) - promotions} "
+            f"first rungs, {promotions} promotions)"
+        )
 
     def _done(self, counts: TrialCounts) -> int:
         return counts.done if self.done is None else self.done

@@ -18,6 +18,7 @@ import pandas as pd
 from study.core.config_files import load_logged_config
 from study.core.masking import mask_secrets
 from study.core.names import (
+    CONFIRMATION_OF_TAG,
     ERROR_TAG,
     METRIC,
     MLFLOW_RUN_ATTR,
@@ -38,12 +39,12 @@ from study.reporting.leaderboard import (
     STATE,
     STUDY,
     TRIAL,
-    best_trial_number,
     leaderboard,
     space_targets,
     trial_config,
-    trial_row,
+    trial_rows,
 )
+from study.search.confirmation import with_confirmations
 from study.tracking.store import missing_local_store
 
 # MLflow run columns -> the shared leaderboard columns (study/reporting/leaderboard.py).
@@ -92,24 +93,27 @@ def experiment_table(experiment: str) -> pd.DataFrame:
     return leaderboard([run_row(run, keys) for _, run in runs.iterrows()], keys)
 
 
-def study_table(name: str, storage: str | None) -> pd.DataFrame:
-    """A study's trials that have an MLflow run, from its Optuna storage; from MLflow alone
-    when the storage cannot be opened."""
+def study_table(name: str, storage: str | None, all_rungs: bool = False) -> pd.DataFrame:
+    """A study's configurations (each a trial that has an MLflow run, or with `all_rungs` under
+    scheduler=asha each of its trials), from its Optuna storage; from MLflow alone when the
+    storage cannot be opened (one run per configuration)."""
     parent = find_parent(name)
     targets = search_space_targets(parent["run_id"])
     study = load_study(name, storage or parent.get("params.study.storage"))
     if study is None:
         experiment = mlflow.get_experiment(parent["experiment_id"]).name
         children = runs_frame(experiment, f"tags.mlflow.parentRunId = '{parent['run_id']}'")
+        if f"tags.{CONFIRMATION_OF_TAG}" in children:  # seeds of a confirmation, not configurations
+            children = children[children[f"tags.{CONFIRMATION_OF_TAG}"].isna()]
         keys = list(dict.fromkeys(targets.values())) or varying_config_keys(children)
         rows = [run_row(run, keys) for _, run in children.iterrows()]
         for row in rows:
             row.pop(RUN_NAME, None)
     else:
-        trials = [t for t in study.get_trials(deepcopy=False) if MLFLOW_RUN_ATTR in t.user_attrs]
+        trials = with_confirmations(study.get_trials(deepcopy=False), study.user_attrs)  # the winner's mean
+        trials = [t for t in trials if MLFLOW_RUN_ATTR in t.user_attrs]
         test = parent.get("metrics.best_trial_test_accuracy")
-        best = best_trial_number(trials)
-        rows = [trial_row(trial, targets, best, test) for trial in trials]
+        rows = trial_rows(trials, targets, test, all_rungs)
         keys = list(dict.fromkeys(key for trial in trials for key in trial_config(trial, targets)))
     for row in rows:
         row[STUDY] = name

@@ -1,12 +1,14 @@
 """The study's winner: evaluated once on the test set, crowned on its run and the parent run,
-its best checkpoint logged as an MLflow model and registered (once, however many drivers
-finish the study together). Every step converges: a driver killed part way leaves what it
-made for the next one that finishes the study (the same command again) to reuse and complete."""
+its best checkpoint logged as the MLflow model that serves raw images (study.tracking.serving)
+and registered (once, however many drivers finish the study together) under the `champion`
+alias. Every step converges: a driver killed part way leaves what it made for the next one
+that finishes the study (the same command again) to reuse and complete."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import tempfile
 import time
@@ -20,7 +22,6 @@ import optuna
 from mlflow import MlflowClient
 from mlflow.entities import LoggedModel, LoggedModelStatus
 from mlflow.exceptions import MlflowException
-from optuna.trial import FrozenTrial
 
 from study.config.checks import checked_config
 from study.core.config_files import load_logged_config
@@ -28,16 +29,28 @@ from study.core.names import (
     BEST_MODEL_TAG,
     BEST_RUN_TAG,
     BEST_TEST_METRIC,
+    CHAMPION_ALIAS,
     CHECKPOINT_TAG,
+    EXPERIMENT_ID_KEY,
     LOGGED_BY_TAG,
-    METRIC,
     MLFLOW_RUN_ATTR,
     MODEL_URI_TAG,
+    SERVING_INPUT_KEY,
+    SERVING_URI_KEY,
     WINNER_TAG,
 )
 from study.core.processes import gone_from_this_machine, of_this_machine, process_identity
+from study.reporting.registry import (
+    describe_version,
+    first_version_of,
+    name_champion,
+    register_once,
+    version_description,
+    version_tags,
+)
 from study.search.ranking import best_trial
-from study.tracking.lineage import log_keras_model, register_logged_model
+from study.tracking.lineage import log_keras_model
+from study.tracking.packaging import INPUT_EXAMPLE_SIZE, preprocessing_facts, raw_images
 from study.tracking.runs import RunTracker
 from study.training.data import load_dataset
 
@@ -81,6 +94,9 @@ def evaluate_winner(
         model_uri = log_winner_model(
             client, run_id, model, checkpoint_sha256, data.x_test, registered_model, tags
         )
+        facts = preprocessing_facts(model, data.x_test, data.source)
+    request = folder / "serving_input.json"  # raw test images: a request to send the served winner
+    request.write_text(json.dumps({"inputs": raw_images(data.x_test[:INPUT_EXAMPLE_SIZE], facts).tolist()}))
     predictions = np.argmax(logits, axis=1)
     display = ConfusionMatrixDisplay.from_predictions(data.y_test, predictions, colorbar=False)
     display.ax_.set_title(f"trial {best.number} on the test set: accuracy {test_accuracy:.4f}")
@@ -96,14 +112,21 @@ def evaluate_winner(
         BEST_MODEL_TAG: model_uri,
     }
     if registered_model:  # always: a driver killed after it registered the version left it undescribed
-        description = version_description(best, float(test_accuracy), study.study_name)
+        description = version_description(best, float(test_accuracy), study.study_name, facts)
         describe_version(client, model_uri, tags, description)
+        name_champion(client, model_uri)
     crown(client, parent_run_id, run_id)
     parent = RunTracker(client, parent_run_id)
     parent.log_metrics({key: value for key, value in summary.items() if not key.endswith(("_id", "_uri"))})
     parent.set_tags({BEST_RUN_TAG: run_id, BEST_MODEL_TAG: model_uri})
     parent.flush()
-    return summary
+    serving_uri = f"models:/{registered_model}@{CHAMPION_ALIAS}" if registered_model else model_uri
+    return {
+        **summary,
+        SERVING_URI_KEY: serving_uri,
+        SERVING_INPUT_KEY: str(request),
+        EXPERIMENT_ID_KEY: client.get_run(parent_run_id).info.experiment_id,
+    }
 
 
 def crown(client: MlflowClient, parent_run_id: str, run_id: str) -> None:
@@ -174,39 +197,6 @@ def winner_model(
     return register_once(client, registered_model, run_id, model_id, tags, logged_here)
 
 
-def register_once(
-    client: MlflowClient,
-    registered_model: str,
-    run_id: str,
-    model_id: str,
-    version_tags: Mapping[str, str],
-    logged_here: bool,
-) -> str:
-    """Register the logged model; if another driver's version of the same run and checkpoint
-    came first, drop this one (and the model, when this driver logged it: no version names it)."""
-    uri = f"models:/{model_id}"
-    version = int(register_logged_model(client.tracking_uri, uri, registered_model, version_tags).version)
-    first = first_version_of(client, registered_model, run_id, version_tags[CHECKPOINT_TAG])
-    if first < version:  # another driver of this study registered this winner a moment ago
-        client.delete_model_version(registered_model, str(version))
-        if logged_here:
-            client.delete_logged_model(model_id)
-        log.info("the winner is version %d of %s, registered by another driver", first, registered_model)
-    return f"models:/{registered_model}/{first}"
-
-
-def first_version_of(
-    client: MlflowClient, registered_model: str, run_id: str, checkpoint_sha256: str
-) -> int | None:
-    """Drivers that share a study see it done at the same moment and each evaluate and
-    register its winner. The registry keeps the first version made from the winner's run and
-    checkpoint; a driver whose version came later deletes its own, so every driver ends up
-    naming the same one, whatever the order of their writes. None: no version yet."""
-    same_model = f"run_id = '{run_id}' and tags.{CHECKPOINT_TAG} = '{checkpoint_sha256}'"
-    versions = client.search_model_versions(f"name = '{registered_model}' and {same_model}")
-    return min((int(version.version) for version in versions), default=None)
-
-
 def models_of_run(client: MlflowClient, run_id: str) -> list[LoggedModel]:
     """The logged models of a run that are not deleted, oldest first."""
     experiment_id = client.get_run(run_id).info.experiment_id
@@ -241,34 +231,3 @@ def logger_gone(logged: LoggedModel, now: float | None = None) -> bool:
         return gone_from_this_machine(logged_by)
     now = time.time() if now is None else now
     return now - logged.creation_timestamp / 1000 > ABANDONED_AFTER_S
-
-
-def version_tags(best: FrozenTrial, test_accuracy: float, study: str) -> dict[str, str]:
-    """What the registered version is: which study and trial, and how well it did."""
-    return {
-        "study": study,
-        "trial": str(best.number),
-        METRIC: f"{best.value:.4f}",
-        "test_accuracy": f"{test_accuracy:.4f}",
-    }
-
-
-def version_description(best: FrozenTrial, test_accuracy: float, study: str) -> str:
-    return (
-        f"Winner of study {study}: trial {best.number}, {METRIC} {best.value:.4f}, "
-        f"test_accuracy {test_accuracy:.4f}. Inputs: float32 images scaled to [0, 1]; "
-        "outputs: one logit per class."
-    )
-
-
-def describe_version(client: MlflowClient, model_uri: str, tags: Mapping[str, str], description: str) -> None:
-    """Give the registered version its tags and description, writing only what it lacks: a
-    version is made with its tags, and a driver killed before it wrote the description
-    leaves it to the next one that finishes the study. Each write is idempotent."""
-    name, version = model_uri.removeprefix("models:/").rsplit("/", 1)
-    current = client.get_model_version(name, version)
-    for key, value in tags.items():
-        if current.tags.get(key) != value:
-            client.set_model_version_tag(name, version, key, value)
-    if current.description != description:
-        client.update_model_version(name, version, description=description)

@@ -193,6 +193,45 @@ def first_segments(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
     return [trial for trial in trials if not is_promotion(trial) and was_needed(trial)]
 
 
+def rung_budget(trials: Iterable[FrozenTrial], rung: int) -> int | None:
+    """The epochs (or steps) a configuration has trained at the end of `rung`, as its complete
+    trials there reported them: every segment validates at its rung's end."""
+    return max(
+        (
+            max(trial.intermediate_values, default=0)
+            for trial in trials
+            if trial.state == TrialState.COMPLETE and rung_of(trial) == rung and was_needed(trial)
+        ),
+        default=None,
+    )
+
+
+def epochs_trained(trials: Iterable[FrozenTrial]) -> dict[int, int]:
+    """{trial number: the epochs its configuration trained by the trial's end}.
+
+    A promotion resumes from its configuration's checkpoint and reports only its own segment's
+    epochs, so its own count says too little: this counts every epoch the configuration's trials
+    reported up to the trial's rung, each once (a retry may report the killed attempt's again).
+    Without scheduler=asha, the trial's own epochs. With resource_unit=steps, its validations:
+    the epoch ends and the ends of rungs that stop mid-epoch.
+    """
+    trials = [trial for trial in trials if was_needed(trial)]
+    by_config: dict[int, list[FrozenTrial]] = {}
+    for trial in trials:
+        by_config.setdefault(config_of(trial), []).append(trial)
+    trained = {}
+    for trial in trials:
+        segments = [other for other in by_config[config_of(trial)] if _before(other, trial)]
+        trained[trial.number] = len({step for other in segments for step in other.intermediate_values})
+    return trained
+
+
+def _before(other: FrozenTrial, trial: FrozenTrial) -> bool:
+    """`other` trained its configuration before `trial` ended: a lower rung, or an earlier attempt
+    at the same rung (a retry resumes where the killed attempt's last checkpoint left it)."""
+    return (rung_of(other), other.number) <= (rung_of(trial), trial.number)
+
+
 def configurations_done(trials: Iterable[FrozenTrial]) -> int:
     """Configurations that finished their first segment: what study.n_trials counts."""
     return sum(1 for trial in first_segments(trials) if trial.state in DONE_STATES)

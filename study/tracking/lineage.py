@@ -1,6 +1,7 @@
 """What went into a run and what came out, in MLflow's own terms: the data set as a dataset
-input, the model as an MLflow model (Keras flavor, registered by name), and the machine's load
-as system metrics. The MLflow UI shows them in its Dataset, Models and System metrics views.
+input, the model as an MLflow model that serves raw images (study.tracking.packaging),
+registered by name, and the machine's load as system metrics. The MLflow UI shows them in its
+Dataset, Models and System metrics views.
 """
 
 from __future__ import annotations
@@ -9,10 +10,8 @@ import contextlib
 import functools
 import importlib.metadata
 import logging
-import os
 import platform
 import re
-import types
 import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
@@ -49,8 +48,6 @@ class Data(Protocol):
 # MLflow's SQL stores keep at most 36 characters of a dataset digest; the full one is the
 # run's `data.digest` tag, which starts with this.
 DATASET_DIGEST_LENGTH = 36
-MODEL_NAME = "model"  # the logged model's name inside its run
-INPUT_EXAMPLE_SIZE = 5
 
 # MLflow logs every start and stop of its monitor at INFO: a line per trial in every log.
 logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
@@ -134,39 +131,21 @@ def log_keras_model(
     version_tags: Mapping[str, str] | None = None,
     model_tags: Mapping[str, str] | None = None,
 ) -> mlflow.models.model.ModelInfo:
-    """Log a Keras model on a run as an MLflow model with its signature, an input example and
-    `model_tags`; register it under `registered_model` when given, the version created with
-    `version_tags`. Loadable with `mlflow.pyfunc.load_model` and servable with `mlflow models serve`."""
+    """Log a Keras model on a run as the MLflow model that serves raw images (`images`: the
+    run's test images, as it trains on them, for the input example), with `model_tags`;
+    register it under `registered_model` when given, the version created with `version_tags`.
+    Loadable with `mlflow.pyfunc.load_model` and servable with `mlflow models serve`."""
     import keras
 
-    example = images[:INPUT_EXAMPLE_SIZE]
-    signature = mlflow.models.infer_signature(example, model.predict(example, verbose=0))
+    from study.tracking.packaging import log_served_model
+
     versions = package_versions()
     backend = keras.backend.backend()
     # Named here, the requirements need no inference (a subprocess that loads the model again).
     requirements = [f"keras=={versions['keras']}", f"mlflow=={versions['mlflow']}"]
     if backend in versions:
         requirements.append(f"{backend}=={versions[backend]}")
-    # MLflow's model logging reads the global URI and, for the model's own record and its
-    # artifacts, the active experiment: the run's, not "Default" with ./mlruns in the cwd.
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(experiment_id=MlflowClient(tracking_uri).get_run(run_id).info.experiment_id)
-    info = mlflow.models.Model.log(
-        artifact_path=None,  # deprecated for `name`, yet still a required argument
-        name=MODEL_NAME,
-        flavor=keras_flavor(),
-        model=model,
-        run_id=run_id,
-        signature=signature,
-        input_example=example,
-        pip_requirements=requirements,
-        # On the logged model from its first (PENDING) moment: a rerun tells a model that a
-        # killed process left PENDING, or logged READY and never registered, by these tags.
-        tags=dict(model_tags or {}),
-        # The example is not replayed through a scoring server at logging time (seconds, and
-        # Keras progress bars in the log): the tests load the registered model and predict.
-        validate_serving_input=False,
-    )
+    info = log_served_model(tracking_uri, run_id, model, images, requirements, model_tags)
     if registered_model:
         version = register_logged_model(tracking_uri, info.model_uri, registered_model, version_tags)
         info.registered_model_version = version.version
@@ -183,19 +162,6 @@ def register_logged_model(
     return mlflow.register_model(
         model_uri, registered_model, await_registration_for=60, tags=dict(version_tags or {})
     )
-
-
-def keras_flavor() -> types.SimpleNamespace:
-    """mlflow.keras itself, except that its save_model writes the input example before it
-    creates the model's folder (mlflow/mlflow#16183, open in MLflow 3.17): made first here.
-    Imported when a model is logged: mlflow.keras loads Keras and its backend."""
-    import mlflow.keras
-
-    def save_model(path: str, validate_serving_input: bool = True, **kwargs) -> None:
-        os.makedirs(path, exist_ok=True)
-        mlflow.keras.save_model(path=path, **kwargs)
-
-    return types.SimpleNamespace(__name__=mlflow.keras.__name__, save_model=save_model)
 
 
 class _Monitor(SystemMetricsMonitor):

@@ -32,7 +32,7 @@ from omegaconf import DictConfig
 
 from study.core.errors import short_error
 from study.core.masking import mask_secrets
-from study.core.names import ERROR_TAG
+from study.core.names import ERROR_TAG, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
 from study.tracking.retrying import RetryingClient, retrying
 from study.tracking.store import open_client
 
@@ -46,8 +46,10 @@ MAX_PARAM_LENGTH = 6000
 MAX_TAG_LENGTH = 5000
 LOCAL_STORE_SCHEMES = ("sqlite:", "file:")
 PACKAGE_DIR = Path(__file__).resolve().parent
-# The MLflow UI opens an experiment of this kind on its model-training view (runs, metrics).
-EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+# What the experiment is: model training, not GenAI. MLflow 3.17's UI opens an experiment on
+# its GenAI pages unless its address says `?workflowType=machine_learning` (the study's summary
+# prints such an address); the tag records the kind for MLflow and its other clients.
+EXPERIMENT_TAGS = {EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND}
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -65,6 +67,9 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def get_or_create_experiment(client: MlflowClient, mlflow_cfg: DictConfig) -> str:
     experiment = client.get_experiment_by_name(mlflow_cfg.experiment_name)
     if experiment is not None:
+        if experiment.lifecycle_stage == "active" and EXPERIMENT_KIND_TAG not in experiment.tags:
+            # Made before the tag was set, or by hand: a kind the user chose is left alone.
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
         return experiment.experiment_id
     try:
         return client.create_experiment(

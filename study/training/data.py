@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 
 from study.config.schema import DOWNLOADABLE_DATA
 from study.core.errors import ConfigError
+from study.core.names import DIGITS_SOURCE
 from study.training.data_files import IDX_FILES, NPZ_KEYS, download, idx_file, read_digits, read_local
 
 MAX_PIXEL = 255
@@ -110,7 +111,7 @@ def _read_raw(name: str, path: str | None) -> tuple[dict[str, np.ndarray], str, 
         return raw, str(folder.resolve()), names
     names = {key: f"data={name}: {key}" for key in NPZ_KEYS}
     if name == "digits":
-        return read_digits(), "sklearn.datasets.load_digits", names
+        return read_digits(), DIGITS_SOURCE, names
     if name not in DOWNLOADABLE_DATA:
         raise ConfigError(
             f"data.name: {name!r} is not one keras.datasets downloads ({', '.join(DOWNLOADABLE_DATA)}) "

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from study.core.errors import ConfigError
+from study.core.names import DIGITS_PIXEL_FACTOR
 
 # Standard IDX file names of the MNIST family, as published.
 IDX_FILES = {
@@ -65,7 +66,7 @@ def read_digits() -> dict[str, np.ndarray]:
 
     digits = load_digits()
     # The 8x8 images hold 0..16; stretch them to the 0..255 range of the other data sets.
-    images = np.clip(digits.images * 16, 0, 255).astype("uint8")
+    images = np.clip(digits.images * DIGITS_PIXEL_FACTOR, 0, 255).astype("uint8")
     labels = digits.target.astype("uint8")
     return _split_test(images, labels)
 

@@ -8,6 +8,8 @@ import logging
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,8 @@ from study.core.errors import ConfigError, error_line
 from study.core.names import (
     DATA_DIGEST_TAG,
     MODEL_SOURCE_TAG,
+    REPRODUCED_BY_TAG,
+    REPRODUCTION_DIFF_TAG,
     SEED_VARIANCE_OF_TAG,
     SEED_VARIANCE_PREFIX,
     SEED_VARIANCE_SEED_TAG,
@@ -31,6 +35,7 @@ from study.core.names import (
 )
 from study.tracking.lineage import package_versions
 from study.tracking.runs import RunTracker
+from study.training.backend import Restored
 from study.training.data import load_dataset
 
 log = logging.getLogger(__name__)
@@ -108,8 +113,12 @@ def differences_before_training(original: Run, cfg: DictConfig) -> list[str]:
     return problems
 
 
-def replay(client: MlflowClient, cfg: DictConfig, tags: dict[str, str], folder: Path) -> Run:
-    """Train `cfg` in a fresh process with the documented replay command; returns the new run."""
+def replay(
+    client: MlflowClient, cfg: DictConfig, tags: dict[str, str], folder: Path, setup: Restored | None = None
+) -> Run:
+    """Train `cfg` in a fresh process with the documented replay command; returns the new run.
+    `setup`: the original run's backend, threads and cores, restored in that process before
+    Keras starts (None: this process's environment)."""
     plain = OmegaConf.to_container(cfg)
     plain["mlflow"]["tags"] = {**plain["mlflow"].get("tags", {}), **tags}
     # No hydra: block; study.train keeps Hydra's output folder under runs/ for a --config-path.
@@ -124,7 +133,7 @@ def replay(client: MlflowClient, cfg: DictConfig, tags: dict[str, str], folder: 
         "--config-name",
         "config",
     ]
-    done = subprocess.run(command, check=False)
+    done = subprocess.run(command, check=False, **(setup.popen_arguments() if setup else {}))
     if done.returncode != 0:
         raise SystemExit(f"study.reproduce: error: the replay failed (exit {done.returncode})")
     key, value = next(iter(tags.items()))
@@ -153,36 +162,93 @@ def compare(client: MlflowClient, original: Run, reproduced: Run) -> pd.DataFram
     return table
 
 
-def seed_variance(client: MlflowClient, original: Run, cfg: DictConfig, n_seeds: int, folder: Path) -> int:
-    """Re-train with `n_seeds` other seeds; log mean and std of the accuracies on the original."""
-    rows = []
-    for offset in range(1, n_seeds + 1):
+def judged(client: MlflowClient, original: Run, reproduced: Run, tolerance: float, notes: list[str]) -> bool:
+    """Print both runs' metrics side by side and the verdict, tag both runs, and say whether
+    they agree within `tolerance`. A difference the `notes` foresaw (what the replay could not
+    restore, or was forced past) is said so under the verdict: not a bug to look for."""
+    table = compare(client, original, reproduced)
+    print(table.to_string(index=False))
+    worst = float(table["abs_diff"].max()) if len(table) else 0.0
+    same = worst <= tolerance
+    # log_batch: two reproductions of one run may tag it at once (see RunTracker.set_tags).
+    RunTracker(client, original.info.run_id).set_tags({REPRODUCED_BY_TAG: reproduced.info.run_id})
+    RunTracker(client, reproduced.info.run_id).set_tags({REPRODUCTION_DIFF_TAG: repr(worst)})
+    verdict = "reproduced" if same else f"NOT reproduced (tolerance {tolerance})"
+    print(f"{verdict}: largest difference {worst:.3g}, new run {reproduced.info.run_id}")
+    if not same and notes:
+        print(f"not expected to be exact: {'; '.join(notes)}")
+    return same
+
+
+@dataclass(frozen=True)
+class SeedRun:
+    """One re-training of a config with another seed: its run and final metrics."""
+
+    seed: int
+    run_id: str
+    metrics: Mapping[str, float]
+
+
+# Trains one config (its seed already set) and returns (run id, final metrics).
+TrainOne = Callable[[DictConfig, int], tuple[str, Mapping[str, float]]]
+
+
+def other_seeds(cfg: DictConfig, n_seeds: int) -> list[int]:
+    """trainer.seed + 1 ... + n_seeds: `study.reproduce --seeds` and a study's confirmation
+    (study.confirm_seeds) train the same seeds, so their runs compare."""
+    return [cfg.trainer.seed + offset for offset in range(1, n_seeds + 1)]
+
+
+def train_seeds(cfg: DictConfig, seeds: Iterable[int], train_one: TrainOne) -> list[SeedRun]:
+    """`cfg` trained again with each of `seeds` (trainer.seed, which also draws the validation
+    split): how much of a score is the config's and how much its seed's. `train_one` says how
+    and where: a replay in a fresh process (`seed_variance`), or a run of a study's driver."""
+    runs = []
+    for seed in seeds:
         plain = OmegaConf.to_container(cfg)
-        plain["trainer"]["seed"] = cfg.trainer.seed + offset
-        run = replay(
-            client,
-            OmegaConf.create(plain),
-            {
-                SEED_VARIANCE_OF_TAG: original.info.run_id,
-                SEED_VARIANCE_SEED_TAG: str(plain["trainer"]["seed"]),
-            },
-            folder,
-        )
-        rows.append(
-            {
-                "seed": plain["trainer"]["seed"],
-                "best_val_accuracy": run.data.metrics.get("best_val_accuracy"),
-                "test_accuracy": run.data.metrics.get("test_accuracy"),
-                "run_id": run.info.run_id,
-            }
-        )
+        plain["trainer"]["seed"] = seed
+        run_id, metrics = train_one(OmegaConf.create(plain), seed)
+        runs.append(SeedRun(seed, run_id, dict(metrics)))
+    return runs
+
+
+def mean_and_std(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1: estimated from a few seeds); 0 for one value."""
+    values = np.asarray(list(values), dtype=float)
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def seed_variance(
+    client: MlflowClient,
+    original: Run,
+    cfg: DictConfig,
+    n_seeds: int,
+    folder: Path,
+    setup: Restored | None = None,
+) -> int:
+    """Re-train with `n_seeds` other seeds; log mean and std of the accuracies on the original.
+    `setup`: as `replay`'s, so that only the seed differs from the original."""
+
+    def replayed(seeded: DictConfig, seed: int) -> tuple[str, Mapping[str, float]]:
+        tags = {SEED_VARIANCE_OF_TAG: original.info.run_id, SEED_VARIANCE_SEED_TAG: str(seed)}
+        run = replay(client, seeded, tags, folder, setup)
+        return run.info.run_id, run.data.metrics
+
+    rows = [
+        {
+            "seed": run.seed,
+            "best_val_accuracy": run.metrics.get("best_val_accuracy"),
+            "test_accuracy": run.metrics.get("test_accuracy"),
+            "run_id": run.run_id,
+        }
+        for run in train_seeds(cfg, other_seeds(cfg, n_seeds), replayed)
+    ]
     table = pd.DataFrame(rows)
     print(table.to_string(index=False))
     summary = {}
     for key in ("best_val_accuracy", "test_accuracy"):
         values = table[key].to_numpy(dtype=float)
-        mean = float(np.mean(values))
-        std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        mean, std = mean_and_std(values)
         summary[f"{SEED_VARIANCE_PREFIX}{key}.mean"], summary[f"{SEED_VARIANCE_PREFIX}{key}.std"] = mean, std
         print(f"{key}: mean {mean:.4f}, std {std:.4f} over {len(values)} seeds")
     summary[f"{SEED_VARIANCE_PREFIX}n_seeds"] = float(n_seeds)

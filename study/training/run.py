@@ -25,6 +25,7 @@ from study.core.names import (
     DATA_EXAMPLES_TAG,
     DATA_NAME_TAG,
     DATA_SOURCE_TAG,
+    DEVICE_KIND_TAG,
     DEVICE_TAG,
     MODEL_SOURCE_TAG,
     REPLAY_OF_TAG,
@@ -171,10 +172,15 @@ def log_run_description(tracker: RunTracker, cfg: DictConfig, dataset: Dataset) 
         {MODEL_SOURCE_TAG: builder_source_digest(cfg.model.builder)} if "builder" in cfg.model else {}
     )
     versions = {f"{VERSION_TAG_PREFIX}{name}": version for name, version in package_versions().items()}
+    device = backend.device_name()
     tracker.set_tags(
         {
+            # With the config and the data, these decide the run's numbers: study.reproduce
+            # restores them in the replay's process.
             BACKEND_TAG: keras.backend.backend(),
-            DEVICE_TAG: backend.device_name(),
+            DEVICE_TAG: device,
+            DEVICE_KIND_TAG: backend.device_kind(device),
+            **backend.Threads.in_effect().as_tags(),
             DATA_NAME_TAG: dataset.name,
             DATA_SOURCE_TAG: dataset.source,
             DATA_DIGEST_TAG: dataset.digest,

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from study import report, reproduce
 from study.core.names import WORKER_ATTR
 from study.execution.driver import run_sweep
-from study.search import asha
+from study.search import asha, ranking
 from study.search.ranking import best_trial
 from tests.helpers import (
     all_runs,
@@ -104,10 +104,11 @@ def promotion_mid_rung(tmp_path: Path):
     return None
 
 
-def test_asha_study_promotes_configurations_from_their_checkpoints(sweep_setup):
+def test_asha_study_promotes_configurations_from_their_checkpoints(sweep_setup, capsys):
     tmp_path, overrides = sweep_setup
     overrides += [*ASHA, "study.n_trials=4"]
     summary = run_sweep(compose_config("sweep", overrides), overrides)
+    printed = capsys.readouterr().out
 
     study, client, runs = check_one_run_per_configuration(tmp_path, 4)
     trials = study.get_trials()
@@ -142,6 +143,7 @@ def test_asha_study_promotes_configurations_from_their_checkpoints(sweep_setup):
     assert list(board["rung"].iloc[: len(at_rung[2])]) == [2] * len(at_rung[2])
     assert board["trial"].iloc[0] == summary["best_trial"]
     assert board["role"].iloc[0].startswith("winner")
+    check_configurations_and_margins(trials, board, printed)
     # The winner's config.yaml replays its run as far as it went (three segments) in one go.
     winner_run = best_trial(trials).user_attrs["mlflow_run_id"]
     assert reproduce.main([winner_run, "--tracking-uri", f"sqlite:///{tmp_path / 'runs'}/mlflow.db"]) == 0
@@ -150,6 +152,46 @@ def test_asha_study_promotes_configurations_from_their_checkpoints(sweep_setup):
     assert report.main(["--study", "default", "--tracking-uri", uri, "--output-dir", str(tmp_path)]) == 0
     table = pd.read_csv(tmp_path / "default.csv")
     assert list(table["trial"]) == list(board["trial"]) and list(table["rung"]) == list(board["rung"])
+    assert list(table["epochs"]) == list(board["epochs"])
+    every = [
+        "--study",
+        "default",
+        "--tracking-uri",
+        uri,
+        "--output-dir",
+        str(tmp_path / "all"),
+        "--all-rungs",
+    ]
+    assert report.main(every) == 0
+    trained = [t.number for t in trials if "mlflow_run_id" in t.user_attrs]
+    assert sorted(pd.read_csv(tmp_path / "all" / "default.csv")["trial"]) == trained
+
+
+def check_configurations_and_margins(trials, board: pd.DataFrame, printed: str) -> None:
+    """leaderboard.csv lists each configuration once, at its highest rung, with the epochs it
+    trained in all; the end lines compare the winner with the runner-up and the baseline at the
+    highest budget each pair reached; the study line counts configurations and trials apart."""
+    budgets = (1, 2, 4)
+    tops = {trial.number: asha.rung_of(trial) for trial in ranking.one_per_configuration(trials)}
+    assert len(board) == 4 and set(board["trial"]) == set(tops)
+    assert dict(zip(board["trial"], board["epochs"], strict=True)) == {n: budgets[r] for n, r in tops.items()}
+    winner, runner_up = ranking.ranked_configurations(trials)[:2]
+    margin = ranking.margin_over(trials, winner, runner_up)
+    assert margin.rung == asha.rung_of(runner_up)
+    epochs = budgets[margin.rung]
+    unit = "epochs" if epochs > 1 else "epoch"
+    assert f"the runner-up at {epochs} {unit} (trial {runner_up.number}, {runner_up.value:.4f}" in printed
+    baseline = trials[0]
+    if asha.config_of(winner) == 0:
+        assert "the baseline won" in printed
+    else:
+        margin = ranking.margin_over(trials, winner, baseline)
+        assert f"the baseline at {budgets[margin.rung]} epoch" in printed
+        assert f"(trial {margin.other.number}, {margin.other.value:.4f}" in printed
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and asha.was_needed(t)]
+    promotions = sum(1 for t in complete if asha.is_promotion(t))
+    done = f"4/4 configurations done ({len(complete)} trials: 4 first rungs, {promotions} promotions)"
+    assert done in printed, printed
 
 
 @pytest.mark.slow

@@ -1,8 +1,10 @@
 """The MLflow UI, in a real browser: a real `mlflow server` on 127.0.0.1 over a small study's
-store, opened in headless Chromium (Debian's chromium and chromium-driver)."""
+store, opened in headless Chromium (Debian's chromium and chromium-driver), at the address the
+study's summary prints: the experiment's model-training view, trials named by their values."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from study.core.names import EXPERIMENT_ID_KEY
 from study.execution.driver import run_sweep
 from tests.helpers import compose_config, free_port
 
@@ -80,13 +83,16 @@ def test_study_shows_in_the_mlflow_ui(sweep_setup, browser):
 
     tmp_path, overrides = sweep_setup
     overrides += ["study.n_trials=2", "study.name=ui-study", "pruner=none"]
-    run_sweep(compose_config("sweep", overrides), overrides)
+    summary = run_sweep(compose_config("sweep", overrides), overrides)
     store = f"sqlite:///{tmp_path / 'runs'}/mlflow.db"
     client = MlflowClient(tracking_uri=store)
     experiment = client.get_experiment_by_name("study")
     runs = client.search_runs([experiment.experiment_id])
     parent = next(run for run in runs if run.data.tags.get("study.role") == "parent")
     children = [run for run in runs if run is not parent]
+    assert summary[EXPERIMENT_ID_KEY] == experiment.experiment_id
+    for child in children:  # what the trial tried, not default-trial-0001
+        assert re.fullmatch(r"(softmax|mlp)-(sgd|adam)-lr[0-9.e-]+(-d[0-9.e-]+)?", child.info.run_name)
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -95,8 +101,10 @@ def test_study_shows_in_the_mlflow_ui(sweep_setup, browser):
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until_healthy(url, server)
-        browser.get(f"{url}/#/experiments/{experiment.experiment_id}/runs")
-        wait_for_text(browser, "ui-study")
+        # MLflow 3.17 opens an experiment on its GenAI pages unless the address asks otherwise.
+        browser.get(f"{url}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning")
+        body = wait_for_text(browser, "ui-study")
+        assert "Observability" not in body and "Evaluation runs" not in body, body[:1500]
         # Children are nested under the parent: expand it, then every trial's run is listed.
         name_cell = browser.find_element(By.LINK_TEXT, "ui-study").find_element(
             By.XPATH, "./ancestor::*[@role='gridcell'][1]"

@@ -1,7 +1,8 @@
-"""Every command README.md shows runs as a user types it, from a fresh folder, in a subprocess.
+"""Every command the documentation shows runs as a user types it, from a fresh folder, in a
+subprocess: README.md, the reference in docs/ and bench/README.md ("README" below: all of them).
 
-The commands are read from README.md itself (its ```bash blocks, and the `$ ` lines of its
-transcript blocks), so a README edit that breaks a command fails here. Each command has one
+The commands are read from the documents themselves (their ```bash blocks, and the `$ ` lines
+of their transcript blocks), so an edit that breaks a command fails here. Each command has one
 entry in CASES: the small overrides appended so it runs in seconds on tiny data (the same
 command, fewer trials and epochs), the commands that must have run before it in the same
 folder, and what README says it prints or writes. Commands that cannot run here (installs,
@@ -40,6 +41,8 @@ from tests.helpers import free_port
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 README = PROJECT_DIR / "README.md"
+# Read in this order: a command's first appearance decides where it runs in the shared folder.
+DOCUMENTS = (README, *sorted((PROJECT_DIR / "docs").glob("*.md")), PROJECT_DIR / "bench" / "README.md")
 COMMAND_TIMEOUT = 900  # seconds; the slowest case (bench --quick) takes about 3 minutes
 FULL_MNIST_RACE = (  # README's full-MNIST table: 5 seeds x 3 strategies, two studies at once
     "python bench/search.py --data-path ../shared/data/mnist --budget 1300 --samplers tpe --seeds 5 "
@@ -217,7 +220,8 @@ class Workspace:
         log = self.root / f"server-{port}.log"
         with open(log, "w") as out:
             server = subprocess.Popen(
-                ["bash", "-c", "exec " + self.prepare(command).format(port=port)],
+                # `env`: a command may set variables first (VAR=value mlflow models serve ...)
+                ["bash", "-c", "exec env " + self.prepare(command).format(port=port)],
                 cwd=self.work,
                 env=self.env,
                 stdout=out,
@@ -459,6 +463,35 @@ def bench_tables(result: Result, ws: Workspace) -> None:
     assert (ws.work / "runs" / "bench-readme" / "results.json").is_file()
 
 
+def confirmed(name: str, top: int, seeds: int) -> Expectation:
+    """README: the same study command with study.confirm_top / confirm_seeds re-trains the best
+    configurations with more seeds, logs mean and std, and chooses the winner on the mean."""
+
+    def check(result: Result, ws: Workspace) -> None:
+        assert result.returncode == 0, result.describe()
+        experiment = ws.client.get_experiment_by_name("study").experiment_id
+        parent = ws.client.search_runs(
+            [experiment], f"tags.`study.name` = '{name}' and tags.`study.role` = 'parent'"
+        )[0]
+        nested = ws.client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+        confirmations = [run for run in nested if run.data.tags.get("confirmation_of")]
+        assert len(confirmations) == top * seeds, result.describe()
+        assert {run.info.status for run in confirmations} == {"FINISHED"}
+        assert "±" in result.stdout, result.describe()
+
+    return check
+
+
+def serves_raw_digits(result: Result, ws: Workspace, port: int) -> None:
+    """README's curl: raw digit pixels in, the class and its probabilities out."""
+    done = subprocess.run(
+        ["bash", "-c", CURL_DIGIT.replace("5001", str(port))], capture_output=True, text=True, timeout=60
+    )
+    answer = json.loads(done.stdout)["predictions"][0]
+    assert answer["class"] == 0, done.stdout
+    assert abs(sum(answer["probabilities"]) - 1) < 1e-4 and max(answer["probabilities"]) > 0.5
+
+
 def own_model_run(result: Result, ws: Workspace) -> None:
     """README's own model: a FINISHED run of the user's builder on the user's 3-class colour
     images, its keys as params, its module's digest as a tag."""
@@ -480,11 +513,12 @@ def own_model_study(result: Result, ws: Workspace) -> None:
 # --- README's commands, one line each ---------------------------------------------------------
 
 OWN_MODEL = "examples/own_model"
-OWN_DATA = f"cd {OWN_MODEL} && python make_data.py"
+# In a subshell: the three lines pasted into one shell each start from the project's folder.
+OWN_DATA = f"(cd {OWN_MODEL} && python make_data.py)"
 OWN_CONF = "--config-dir conf model=tiny_cnn data=tiny_rgb"
-OWN_TRAIN = f"cd {OWN_MODEL} && python -m study.train {OWN_CONF} trainer.epochs=5"
+OWN_TRAIN = f"(cd {OWN_MODEL} && python -m study.train {OWN_CONF} trainer.epochs=5)"
 OWN_SWEEP = (
-    f"cd {OWN_MODEL} && python -m study.sweep {OWN_CONF} search_space=tiny study.name=own study.n_workers=2"
+    f"(cd {OWN_MODEL} && python -m study.sweep {OWN_CONF} search_space=tiny study.name=own study.n_workers=2)"
 )
 
 LOCAL_MNIST = "data.path=../shared/data/mnist"  # for commands that download MNIST as typed
@@ -500,7 +534,26 @@ INSTALL = "installs the project: CI runs this install first (.ci/run), these tes
 SUITE = "the test suite itself: CI runs it (.ci/run)"
 DASHBOARD_INSTALL = 'pip install -e ".[dashboard]" && '
 SCALE_OUT = "needs PostgreSQL and other machines: tests/e2e/test_scale_out.py runs this setup on 127.0.0.1"
-DEFAULT_STUDY = "python -m study.sweep data.path=../shared/data/mnist"
+INSTALL_FIRST = "python3 -m venv .venv && . .venv/bin/activate && pip install -e . && "
+FIRST_STUDY = f"{INSTALL_FIRST}python -m study.sweep data=digits"  # README's first command
+CONFIRM = "python -m study.sweep data=digits study.confirm_top=2 study.confirm_seeds=3"
+SERVE = (
+    "MLFLOW_TRACKING_URI=sqlite:///runs/mlflow.db mlflow models serve -m models:/default@champion "
+    "--env-manager local -p 5001 --host 127.0.0.1"
+)
+DIGIT_ZERO = (  # scikit-learn's first digit, raw pixels 0..16, no channel axis
+    "[[[0,0,5,13,9,1,0,0],[0,0,13,15,10,15,5,0],[0,3,15,2,0,11,8,0],[0,4,12,0,0,8,8,0],"
+    "[0,5,8,0,0,9,8,0],[0,4,11,0,1,12,7,0],[0,2,14,5,10,12,0,0],[0,0,6,13,10,0,0,0]]]"
+)
+CURL_DIGIT = (
+    "curl -s http://127.0.0.1:5001/invocations -H 'Content-Type: application/json' "
+    f"-d '{{\"inputs\": {DIGIT_ZERO}}}'"
+)
+GPU_BENCH = (
+    "KERAS_BACKEND=jax python bench/run.py --data-path ../shared/data/mnist --gpu 0 --slots 1,2,4,8 "
+    "--throughput-model cnn --override trainer.steps_per_execution=50"
+)
+MNIST_STUDY = "python -m study.sweep data.path=../shared/data/mnist study.name=mnist"
 CNN_LR = "python -m study.sweep study.name=cnn-lr study.n_trials=60 search_space=cnn_only trainer.epochs=9"
 MLFLOW_SERVER_ON_POSTGRES = (
     "mlflow server --backend-store-uri postgresql://user@db-host/mlflow "
@@ -523,17 +576,32 @@ REPLAY_DOWNLOAD = (
 
 CASES: dict[str, Case] = {
     OWN_DATA: Case(expect=(lambda result, ws: (ws.work / OWN_MODEL / "data" / "tiny_rgb.npz").is_file(),)),
-    OWN_TRAIN: Case(needs=(OWN_DATA,), append="trainer.epochs=2", expect=(own_model_run,)),
-    OWN_SWEEP: Case(needs=(OWN_DATA,), append="trainer.epochs=1 study.n_trials=4", expect=(own_model_study,)),
-    # On a fresh machine
-    "python3 -m venv .venv && . .venv/bin/activate && pip install -e .": Case(skip=INSTALL),
+    # The overrides go inside the subshell's parentheses
+    OWN_TRAIN: Case(
+        needs=(OWN_DATA,), replace=(("epochs=5)", "epochs=5 trainer.epochs=2)"),), expect=(own_model_run,)
+    ),
+    OWN_SWEEP: Case(
+        needs=(OWN_DATA,),
+        replace=(("n_workers=2)", "n_workers=2 trainer.epochs=1 study.n_trials=4)"),),
+        expect=(own_model_study,),
+    ),
+    # Start here: CI installed the project (.ci/run); the study runs as typed, all 12 trials
+    FIRST_STUDY: Case(replace=((INSTALL_FIRST, ""),), expect=(study_done("default", 12),)),
+    CONFIRM: Case(needs=(FIRST_STUDY,), expect=(confirmed("default", top=2, seeds=3),), slow=True),
+    SERVE: Case(
+        replace=(("-p 5001", "-p {{port}}"),),
+        needs=(FIRST_STUDY,),
+        server="/ping",
+        expect=(serves_raw_digits,),
+        slow=True,
+    ),
+    CURL_DIGIT: Case(skip="sent by the case of the serve command above, to the server it starts"),
     FIRST_RUN: Case(expect=(finished_run(test_accuracy_at_least=0.95),)),
     "python -m study.train data.path=../shared/data/mnist": Case(
         append=TINY, expect=(finished_run(),), slow=True
     ),
     "python -m study.train": Case(append=f"{LOCAL_MNIST} {TINY}", expect=(finished_run(),), slow=True),
     'pip install -e ".[dev]" && python -m pytest': Case(skip=f"{INSTALL}; {SUITE}"),
-    "python -m pytest": Case(skip=SUITE),
     "mlflow ui --backend-store-uri sqlite:///runs/mlflow.db": Case(
         append="--port {port}",
         needs=(FIRST_RUN,),
@@ -566,7 +634,7 @@ CASES: dict[str, Case] = {
         needs=(REPLAY_DOWNLOAD, FIRST_RUN), expect=(finished_run(), same_metrics_as(FIRST_RUN)), slow=True
     ),
     # Studies
-    DEFAULT_STUDY: Case(append=SWEEP, expect=(study_done("default", 2),), slow=True),
+    MNIST_STUDY: Case(append=SWEEP, expect=(study_done("mnist", 2),), slow=True),
     CNN_LR: Case(append=f"{LOCAL_MNIST} {SWEEP}", expect=(study_done("cnn-lr", 2),), slow=True),
     "python -m study.sweep study.name=asha scheduler=asha": Case(
         append=f"{LOCAL_MNIST} {SWEEP} trainer.epochs=3",
@@ -596,7 +664,7 @@ CASES: dict[str, Case] = {
     'pip install -e ".[dashboard]" && optuna-dashboard sqlite:///runs/optuna.db': Case(
         replace=((DASHBOARD_INSTALL, ""),),  # CI installs .[dev], which holds .[dashboard]
         append="--port {port}",
-        needs=(DEFAULT_STUDY,),
+        needs=(FIRST_STUDY,),
         server="/",
         needs_executable="optuna-dashboard",
         expect=(optuna_dashboard_lists_the_study,),
@@ -632,10 +700,10 @@ CASES: dict[str, Case] = {
     ),
     # Report
     "python -m study.report --study default": Case(
-        needs=(DEFAULT_STUDY,), expect=(report_of("default", "default"),), slow=True
+        needs=(FIRST_STUDY,), expect=(report_of("default", "default"),), slow=True
     ),
     "python -m study.report --study cnn-lr --study default": Case(
-        needs=(CNN_LR, DEFAULT_STUDY),
+        needs=(CNN_LR, FIRST_STUDY),
         expect=(report_of("cnn-lr_vs_default", "cnn-lr", "default"),),
         slow=True,
     ),
@@ -670,6 +738,9 @@ CASES: dict[str, Case] = {
         needs_executable="taskset",
         slow=True,
     ),
+    GPU_BENCH: Case(skip="needs a GPU and JAX's CUDA wheels: this project's CI machine has no GPU"),
+    "python bench/run.py": Case(skip=f"{DOWNLOAD}: the line before it does, --quick"),
+    "python bench/run.py --quick": Case(skip="tests/e2e/test_bench.py runs it and checks its tables"),
     "python bench/search.py --quick": Case(
         append="--strategies median --out {work}/runs/search-quick",
         expect=(search_results("median", "search-quick"),),
@@ -682,7 +753,7 @@ CASES: dict[str, Case] = {
     "python -m pytest -m slow": Case(skip=SUITE),
 }
 
-README_TEXT = README.read_text()
+README_TEXT = "\n".join(document.read_text() for document in DOCUMENTS)
 
 
 def command_params() -> list:
@@ -766,7 +837,7 @@ def test_readme_commands_are_read_as_typed():
 def test_readme_python_cell(tmp_path):
     """README's code cell runs as written in a fresh process, in a folder of its own, and writes
     only under the runs_dir it names."""
-    cell = re.search(r"### From Python\n.*?```python\n(.*?)```", README_TEXT, re.S)[1]
+    cell = re.search(r"#+ From Python\n.*?```python\n(.*?)```", README_TEXT, re.S)[1]
     runs = tmp_path / "notebook-runs"
     (tmp_path / "notebooks").mkdir()
     script = tmp_path / "notebooks" / "cell.py"

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from study import reproduce
 from study.training.data_files import IDX_FILES
 from study.training.run import train
-from tests.helpers import TINY_MODEL_OVERRIDES, TINY_VALIDATION, compose_config
+from tests.helpers import TINY_MODEL_OVERRIDES, TINY_VALIDATION, compose_config, run_command
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +119,21 @@ def test_a_config_with_a_yaml_syntax_error_is_one_line(original, tmp_path, capsy
         "config.yaml: not valid YAML at line 4, column 1: expected ',' or '}', but got '<stream end>'"
     )
     assert "\n" not in error
+
+
+def test_an_explicit_other_keras_backend_is_refused_in_one_line(original, tmp_path):
+    """The user's choice is not overruled, and no training is needed to say so."""
+    client, uri, run, _ = original
+    logged = run.data.tags["keras.backend"]
+    other = "jax" if logged == "tensorflow" else "tensorflow"
+    before = len(client.search_runs([run.info.experiment_id]))
+    done = run_command(
+        "reproduce", run.info.run_id, "--tracking-uri", uri, cwd=tmp_path, env={"KERAS_BACKEND": other}
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"study.reproduce: error: KERAS_BACKEND={other} is set, but run {run.info.run_id} trained on "
+        f"{logged} (keras.backend); unset KERAS_BACKEND to replay on {logged}; "
+        "pass --force to reproduce anyway"
+    )
+    assert len(client.search_runs([run.info.experiment_id])) == before

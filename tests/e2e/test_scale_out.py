@@ -94,7 +94,9 @@ def test_independent_sweeps_cooperate_on_one_study(sweep_setup, postgres, tracki
     # both name that version (CI saw two versions and a driver failing on the winner's tag).
     versions = client.search_model_versions("name = 'together'")
     assert [str(version.version) for version in versions] == ["1"]
-    assert all("models:/together/1" in output for output in outputs)
+    assert str(client.get_model_version_by_alias("together", "champion").version) == "1"
+    assert parents[0].data.tags["best_trial_model_uri"] == "models:/together/1"
+    assert all("models:/together@champion" in output for output in outputs)
 
     # Credentials never reach MLflow or the console.
     assert (

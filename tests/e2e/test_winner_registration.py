@@ -70,6 +70,7 @@ def test_a_driver_killed_the_moment_it_registers_the_winner_is_completed_by_a_re
     winner = client.get_run(registered.run_id)
     assert parent.data.tags[BEST_RUN_TAG] == winner.info.run_id
     assert winner.data.tags[WINNER_TAG] == "true" and winner.data.tags[MODEL_URI_TAG] == f"models:/{NAME}/1"
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"  # named by the rerun
     logged = client.search_logged_models([experiment_id])
     assert [model.status for model in logged] == [LoggedModelStatus.READY]
     assert registered.source == f"models:/{logged[0].model_id}"

@@ -1,9 +1,11 @@
-"""The winner is registered and crowned once per study, however many drivers finish it, and
-finishing the study again completes what a driver killed part way left."""
+"""The winner is registered and crowned once per study, however many drivers finish it, named
+by the registry's `champion` alias, and finishing the study again completes what a driver
+killed part way left."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -13,6 +15,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import mlflow
+import numpy as np
 import optuna
 import pytest
 from mlflow import MlflowClient
@@ -23,10 +27,13 @@ from study.core.names import (
     BEST_MODEL_TAG,
     BEST_RUN_TAG,
     BEST_TEST_METRIC,
+    CHAMPION_ALIAS,
     CHECKPOINT_TAG,
     LOGGED_BY_TAG,
     MLFLOW_RUN_ATTR,
     MODEL_URI_TAG,
+    SERVING_INPUT_KEY,
+    SERVING_URI_KEY,
     WINNER_TAG,
 )
 from tests.helpers import client_for
@@ -39,7 +46,8 @@ def test_drivers_finishing_one_study_together_register_its_winner_once(tmp_path)
     import keras
     import numpy as np
 
-    from study.reporting.winner import log_winner_model, register_once
+    from study.reporting.registry import name_champion, register_once
+    from study.reporting.winner import log_winner_model
     from study.tracking.lineage import log_keras_model
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -73,6 +81,10 @@ def test_drivers_finishing_one_study_together_register_its_winner_once(tmp_path)
     assert log_winner_model(client, run_id, model, "bbb", images, "winner") == "models:/winner/3"
     assert versions() == ["1", "3"]
     assert client.get_model_version("winner", "3").tags[CHECKPOINT_TAG] == "bbb"
+    # The champion alias follows the study's current winner; naming it again changes nothing.
+    for uri, champion in (("models:/winner/1", "1"), ("models:/winner/3", "3"), ("models:/winner/3", "3")):
+        name_champion(client, uri)
+        assert str(client.get_registered_model("winner").aliases[CHAMPION_ALIAS]) == champion
 
 
 def test_one_winner_per_study_when_a_resumed_study_crowns_another_trial(tmp_path):
@@ -189,6 +201,9 @@ def assert_one_described_winner(done, summary: dict) -> None:
     assert logged.status == LoggedModelStatus.READY and version.source == f"models:/{logged.model_id}"
     assert version.run_id == done.run_id and version.tags[CHECKPOINT_TAG] == done.checkpoint_sha256
     assert version.description.startswith("Winner of study winners: trial 0, val_accuracy ")
+    assert "Input: raw images (N, 12, 12, 1) or (N, 12, 12), uint8 or float pixel values 0..255" in (
+        version.description
+    )
     assert version.tags["study"] == "winners" and version.tags["trial"] == "0"
     assert float(version.tags["test_accuracy"]) == pytest.approx(summary[BEST_TEST_METRIC], abs=1e-4)
     uri = f"models:/winner/{version.version}"
@@ -197,6 +212,14 @@ def assert_one_described_winner(done, summary: dict) -> None:
     assert tags[WINNER_TAG] == "true" and tags[MODEL_URI_TAG] == uri
     parent = client.get_run(done.parent_run_id).data.tags
     assert parent[BEST_RUN_TAG] == done.run_id and parent[BEST_MODEL_TAG] == uri
+    # models:/winner@champion is the winner, and it answers the raw test images the study wrote.
+    assert str(client.get_registered_model("winner").aliases[CHAMPION_ALIAS]) == str(version.version)
+    assert summary[SERVING_URI_KEY] == f"models:/winner@{CHAMPION_ALIAS}"
+    request = json.loads(Path(summary[SERVING_INPUT_KEY]).read_text())
+    images = np.array(request["inputs"])
+    assert images.shape == (5, 12, 12, 1) and images.max() > 1 and images.dtype.kind == "i"
+    answer = mlflow.pyfunc.load_model(summary[SERVING_URI_KEY]).predict(images.astype("uint8"))
+    assert answer["class"].between(0, 9).all() and len(answer) == 5
 
 
 @pytest.mark.parametrize("step", DIED_WHILE)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import keras
 import mlflow
+import numpy as np
 import pytest
 from mlflow.exceptions import MlflowException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -18,6 +19,7 @@ from study.config.checks import checked_config
 from study.core.errors import ConfigError
 from study.core.native_logs import NATIVE_LINE
 from study.tracking.runs import RunTracker, flatten
+from study.tracking.serving import softmax
 from study.training.callbacks import NonFiniteLossError
 from study.training.data import load_dataset
 from study.training.data_files import IDX_FILES
@@ -110,7 +112,8 @@ def test_run_is_named_and_records_its_data_set_model_and_machine(tracked_run):
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(
         run.data.metrics
     )
-    # The best checkpoint as an MLflow model: loads through pyfunc and predicts as Keras does.
+    # The best checkpoint as an MLflow model: loads through pyfunc, takes the raw uint8 images
+    # and answers with the classes and probabilities of what Keras predicts.
     (logged,) = run.outputs.model_outputs
     record = client.get_logged_model(logged.model_id)
     assert record.experiment_id == run.info.experiment_id and record.source_run_id == run.info.run_id
@@ -119,9 +122,15 @@ def test_run_is_named_and_records_its_data_set_model_and_machine(tracked_run):
     model = mlflow.pyfunc.load_model(f"models:/{logged.model_id}")
     data = load_dataset(checked_config(cfg).data, seed=cfg.trainer.seed)
     best = keras.saving.load_model(local / "checkpoints" / "best.keras")
-    expected = best.predict(data.x_test[:8], verbose=0)
-    assert model.predict(data.x_test[:8]) == pytest.approx(expected, abs=1e-5)
-    assert model.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 12, 12, 1)
+    expected = softmax(best.predict(data.x_test[:8], verbose=0).astype("float64"))
+    raw = np.rint(data.x_test[:8, ..., 0] * 255).astype("uint8")  # as the IDX files hold them
+    answer = model.predict(raw)
+    assert np.array(answer["probabilities"].tolist()) == pytest.approx(expected, abs=1e-5)
+    assert answer["class"].tolist() == expected.argmax(axis=1).tolist()
+    assert (
+        model.metadata.metadata["input"]
+        == "images (N, 12, 12, 1) or (N, 12, 12), uint8 or float pixel values 0..255"
+    )
 
 
 def test_tensorboard_events_parse_with_tensorboards_reader(tracked_run):
