@@ -60,7 +60,7 @@ def final_summary(
     local_store = not uri.startswith(("http://", "https://"))  # a file or a database: `mlflow ui` opens it
     looks = [
         ("leaderboard, plots", f"{study_dir}/leaderboard.csv, {study_dir}/plots/"),
-        ("MLflow UI", _mlflow_ui(uri, local_store, summary.get(EXPERIMENT_ID_KEY))),
+        *_mlflow_ui(uri, local_store, summary.get(EXPERIMENT_ID_KEY)),
         ("table", f"python -m study.report --study {name}{uri_option}"),
     ]
     run_id = summary.get(BEST_RUN_TAG)
@@ -77,7 +77,7 @@ def final_summary(
     looks.append(
         (
             "Optuna dashboard",
-            f'optuna-dashboard {mask_secrets(settings.study.storage)}  (pip install -e ".[dashboard]")',
+            f'optuna-dashboard {mask_secrets(settings.study.storage)}  # after pip install -e ".[dashboard]"',
         )
     )
     lines.append("look further:")
@@ -86,14 +86,15 @@ def final_summary(
     return "\n".join(lines)
 
 
-def _mlflow_ui(uri: str, local_store: bool, experiment_id: str | None) -> str:
-    """How to open the study's experiment. MLflow 3.17's UI shows an experiment's GenAI pages
-    (traces, prompts) unless the address asks for its model-training view: runs and metrics."""
+def _mlflow_ui(uri: str, local_store: bool, experiment_id: str | None) -> list[tuple[str, str]]:
+    """How to open the study's experiment: a command, then an address, each on a line of its own
+    (a line is copied whole). MLflow 3.17's UI shows an experiment's GenAI pages (traces,
+    prompts) unless the address asks for its model-training view: runs and metrics."""
     page = f"/#/experiments/{experiment_id}/runs?workflowType=machine_learning" if experiment_id else ""
     if not local_store:
-        return f"{uri.rstrip('/')}{page}"
-    command = f"mlflow ui --backend-store-uri {uri}"
-    return f"{command}, then open http://127.0.0.1:5000{page}" if page else command
+        return [("MLflow UI", f"{uri.rstrip('/')}{page}")]
+    command = ("MLflow UI", f"mlflow ui --backend-store-uri {uri}")
+    return [command, ("then open", f"http://127.0.0.1:5000{page}")] if page else [command]
 
 
 def _baseline_lines(trials: list[FrozenTrial], best: FrozenTrial, settings) -> list[str]:

@@ -84,7 +84,9 @@ def test_the_registered_winner_serves_raw_digits(tmp_path):
     assert study.returncode == 0, study.stderr[-3000:]
 
     # What the summary tells a newcomer: the UI's model-training view, the server, a request.
-    assert re.search(r"MLflow UI .*#/experiments/\d+/runs\?workflowType=machine_learning", study.stdout)
+    assert re.search(r"^  MLflow UI +mlflow ui --backend-store-uri \S+$", study.stdout, re.M)
+    ui_page = r"then open +http://127.0.0.1:5000/#/experiments/\d+/runs\?workflowType=machine_learning$"
+    assert re.search(ui_page, study.stdout, re.M)
     assert f"mlflow models serve -m models:/{NAME}@champion --env-manager local" in study.stdout
     (curl,) = re.findall(r"^\s+ask it\s+(curl .*)$", study.stdout, re.M)
 
