@@ -20,6 +20,7 @@ from study.config.fields import (
     is_name,
     must,
 )
+from study.config.launcher_schema import LAUNCHER_SCHEMAS
 from study.config.probes import folder_problem, gpus_problem, storage_problem
 
 
@@ -199,10 +200,11 @@ class SweepStudyPart:
     sampler: Any = MISSING
     pruner: Any = MISSING
     scheduler: Any = MISSING
+    launcher: Any = MISSING
     search_space: dict[str, ParamSpec] = field(default_factory=dict)
 
 
-SWEEP_KEYS = ("study", "sampler", "pruner", "scheduler", "search_space")
+SWEEP_KEYS = ("study", "sampler", "pruner", "scheduler", "launcher", "search_space")
 
 
 SWEEP_SCHEMAS: dict[str, dict[str, type]] = {
@@ -221,4 +223,5 @@ SWEEP_SCHEMAS: dict[str, dict[str, type]] = {
         "none": NopPrunerConfig,
     },
     "scheduler": {"none": NoSchedulerConfig, "asha": AshaSchedulerConfig},
+    "launcher": LAUNCHER_SCHEMAS,
 }

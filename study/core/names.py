@@ -69,6 +69,8 @@ MODEL_TRAINING_KIND = "custom_model_development"
 BACKEND_TAG = "keras.backend"
 DEVICE_TAG = "device"
 DEVICE_KIND_TAG = "device.kind"  # CPU, GPU or TPU: a replay on another kind is refused
+DEVICE_HOST_TAG = "device.host"  # the machine (a Slurm task's node)
+DEVICE_GPUS_TAG = "device.gpus"  # the GPU indices the process was given (CUDA_VISIBLE_DEVICES)
 # What else decides a CPU run's numbers: `study.reproduce` restores them for the replay.
 CORES_TAG = "threads.cores"  # the CPU cores the process could run on (JAX sizes its pool by them)
 INTRA_OP_THREADS_TAG = "threads.intra_op"  # TensorFlow's (TF_NUM_INTRAOP_THREADS, else the cores)

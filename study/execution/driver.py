@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -25,7 +26,8 @@ from study.core.errors import short_error
 from study.core.names import (
     BASELINE_ATTR,
 )
-from study.execution.confirmation import confirm_best
+from study.execution.cluster import ClusterWatch, cancel_workers, open_engine
+from study.execution.outputs import claim_outputs, outputs_written_elsewhere, release_claim, write_outputs
 from study.execution.parent import (
     check_budget_unchanged,
     check_space_unchanged,
@@ -37,7 +39,6 @@ from study.execution.pool import WorkerPool
 from study.execution.recovery import end_orphaned_runs, fail_ownerless_trials
 from study.execution.spec import WorkerSpec
 from study.execution.storage import make_storage
-from study.reporting.finish import finish
 from study.reporting.live import StudyProgress
 from study.reporting.noise import study_command
 from study.search.asha import ladder_for
@@ -80,6 +81,9 @@ def run_sweep(
     build_sampler(settings.sampler, space)
     build_pruner(settings.pruner)
     check_tracking_store(base.mlflow)  # a deleted experiment or unusable store: before the storage
+    engine = open_engine(settings, base)  # launcher=slurm|ray: the cluster, and stores its nodes reach
+    if engine is not None and settings.launcher.cancel:
+        return cancel_workers(engine, settings)
 
     ladder = ladder_for(settings, base)  # scheduler=asha: its rungs, checked here
     storage = make_storage(settings.study, base.mlflow.tracking_uri)
@@ -110,22 +114,28 @@ def run_sweep(
             deadline=deadline,
         )
         trials = study.get_trials(deepcopy=False)
-        if budget.judge(trials).stop is None:
+        searching = budget.judge(trials).stop is None
+        if searching:
             epochs = None if base.trainer.max_steps else base.trainer.epochs  # shown as epoch k/n
-            Driver(study, settings, base, spec, study_dir, budget, epochs).run()
+            if engine is None:
+                Driver(study, settings, base, spec, study_dir, budget, epochs).run()
+            else:
+                release_claim(storage, settings)  # left by an earlier end, before more trials were asked for
+                tracking_uri = base.mlflow.tracking_uri
+                watch = ClusterWatch(engine, study, settings, tracking_uri, spec, budget, epochs, study_dir)
+                if not watch.run():
+                    return {"study": settings.study.name, "detached": True}  # the parent run goes on
         verdict = budget.judge(study.get_trials(deepcopy=False))
         if verdict.done == 0:  # nothing to rank, plot or crown (a timeout shorter than a trial)
             end_orphaned_runs(study, parent)
             raise StudyIncompleteError(
                 incomplete_message(settings, verdict, f"{verdict.reason()}, none finished")
             )
-        try:
-            # Before the winner is chosen: with study.confirm_top, it is chosen on a mean over seeds.
-            confirm_best(study, settings, base, parent, search_done=verdict.stop == DONE)
-            command = study_command(config_dir, config_name, overrides)  # the summary may print it
-            summary = finish(study, settings, parent, study_dir, command)
-        finally:
-            end_orphaned_runs(study, parent)
+        # On a cluster a worker may write them; a done study run again takes over the claim.
+        if engine is not None and not claim_outputs(storage, settings, take_over=not searching):
+            return outputs_written_elsewhere(study, settings, parent, study_dir)
+        command = study_command(config_dir, config_name, overrides)  # the summary may print it
+        summary = write_outputs(study, settings, base, parent, study_dir, command, verdict.stop == DONE)
         verdict = budget.judge(study.get_trials(deepcopy=False))
         if verdict.stop not in (DONE, TIMEOUT):
             raise StudyIncompleteError(incomplete_message(settings, verdict))
@@ -201,12 +211,13 @@ class Driver:
         study_dir: Path,
         budget: Budget,
         epochs: int | None = None,
+        pool: WorkerPool | None = None,
     ):
         self.study = study
         self.settings = settings
         self.tracking_uri = base.mlflow.tracking_uri
         self.spec = spec
-        self.pool = WorkerPool(settings.study, spec, study_dir / "logs")
+        self.pool = pool or WorkerPool(settings.study, spec, study_dir / "logs")
         self.budget = budget
         workers = len(self.pool.workers)
         self.progress = StudyProgress.from_settings(
@@ -214,7 +225,10 @@ class Driver:
         )
 
     def run(self) -> None:
-        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+        # SIGTERM stops the workers as Ctrl-C does; a Ray actor runs this in a thread of its own,
+        # where no handler can be set (Ray kills the actor, and its workers die with it).
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if in_main_thread else None
         try:
             self.pool.start()
             while self.pool.alive:
@@ -228,7 +242,8 @@ class Driver:
             self.pool.stop()
             raise
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            if in_main_thread:
+                signal.signal(signal.SIGTERM, previous)
             self.pool.remove_spec_files()
             # The trials of workers that died (or were killed just now) are failed and retried.
             fail_ownerless_trials(self.study, self.settings.study, self.tracking_uri)

@@ -44,14 +44,22 @@ class Worker:
 
 
 class WorkerPool:
-    def __init__(self, study_cfg: DictConfig, spec: WorkerSpec, logs: Path):
+    def __init__(
+        self,
+        study_cfg: DictConfig,
+        spec: WorkerSpec,
+        logs: Path,
+        first_index: int = 0,
+        gpu_memory_share: float | None = None,
+    ):
         self.spec = spec
         self.logs = logs
         # Drivers that share runs_dir (and the study) each write their own spec files.
         self.session = uuid.uuid4().hex[:8]
         self.logs.mkdir(parents=True, exist_ok=True)
         self.workers = [
-            Worker(index, env, cores) for index, (env, cores) in enumerate(worker_slots(study_cfg))
+            Worker(index, env, cores)
+            for index, (env, cores) in enumerate(worker_slots(study_cfg, gpu_memory_share), first_index)
         ]
 
     @property
@@ -140,7 +148,9 @@ def terminate_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
-def worker_slots(study_cfg: DictConfig) -> list[tuple[dict[str, str], list[int]]]:
+def worker_slots(
+    study_cfg: DictConfig, gpu_memory_share: float | None = None
+) -> list[tuple[dict[str, str], list[int]]]:
     """(environment, CPU cores) for each worker.
 
     With study.gpus, there is one worker per slot (gpus x trials_per_gpu); each sees only its
@@ -157,7 +167,8 @@ def worker_slots(study_cfg: DictConfig) -> list[tuple[dict[str, str], list[int]]
                 study_cfg.n_workers,
                 len(slots),
             )
-        share = f"{GPU_MEMORY_SHARE / study_cfg.trials_per_gpu:.3f}"
+        # A Ray actor given a fraction of a GPU takes that fraction (`gpu_memory_share`).
+        share = f"{gpu_memory_share or GPU_MEMORY_SHARE / study_cfg.trials_per_gpu:.3f}"
         gpu_env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "true", "XLA_PYTHON_CLIENT_MEM_FRACTION": share}
         return [({**base_env, **gpu_env, "CUDA_VISIBLE_DEVICES": str(gpu)}, []) for gpu in slots]
     base_env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"

@@ -224,7 +224,7 @@ def fail_interrupted_trial(study: optuna.Study, trial: optuna.Trial | None, sett
     frozen = study._storage.get_trial(trial._trial_id)
     tracking_uri = base.mlflow.tracking_uri
     if frozen.state == TrialState.RUNNING:
-        reason = "interrupted (Ctrl-C or SIGTERM)"
+        reason = "interrupted (Ctrl-C, SIGTERM or SIGUSR2)"
         fail_and_retry(study, frozen, reason, settings.study, tracking_uri, counted=False)
     elif frozen.state == TrialState.FAIL and FAIL_REASON_ATTR not in frozen.user_attrs:
         # Optuna failed it when the interrupt came between its own lines: retry it all the same.

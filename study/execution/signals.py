@@ -1,4 +1,4 @@
-"""How a worker process stops: the first Ctrl-C or SIGTERM stops it, always, within seconds.
+"""How a worker process stops: the first Ctrl-C, SIGTERM or SIGUSR2 stops it, always, within seconds.
 
 - The first signal raises KeyboardInterrupt in the main thread, so the trial's run ends
   KILLED and the worker exits; later signals do not cut that clean-up short.
@@ -30,6 +30,8 @@ class WorkerSignals:
     def install(self) -> None:
         signal.signal(signal.SIGINT, self._handle)
         signal.signal(signal.SIGTERM, self._handle)
+        # Slurm's warning before a task's time limit (submitit asks for it): stop as for SIGTERM.
+        signal.signal(signal.SIGUSR2, self._handle)
 
     def _handle(self, signum, frame) -> None:
         if self.stopping:

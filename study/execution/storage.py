@@ -73,8 +73,7 @@ def make_storage(study_cfg: DictConfig, tracking_uri: str) -> optuna.storages.Ba
             first_open = first_open_of_sqlite(Path(database))
         engine_kwargs["connect_args"] = {"timeout": SQLITE_LOCK_TIMEOUT_SECONDS}
     elif url.startswith("postgresql"):
-        # A host that drops packets answers in seconds, not after the system's TCP time-out.
-        engine_kwargs["connect_args"] = {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS}
+        engine_kwargs["connect_args"] = postgres_connect_args(study_cfg)
     try:
         connect_once(url, "study.storage", expected="Optuna")  # not MLflow's database
         with first_open:
@@ -89,6 +88,19 @@ def make_storage(study_cfg: DictConfig, tracking_uri: str) -> optuna.storages.Ba
         raise
     except Exception as error:  # unreachable server, truncated file, wrong password, ...
         raise ConfigError(describe_storage_error(error, url)) from None
+
+
+def postgres_connect_args(study_cfg: DictConfig) -> dict:
+    """A host that drops packets answers in seconds, not after the system's TCP time-out. And a
+    worker frozen (SIGSTOP, swapping) inside a transaction would hold its row locks until it
+    wakes: Optuna's tell locks the trial's row, so the failure of the frozen trial by another
+    process waited with it, for ever. The server ends such a session after the heartbeat's grace
+    period, longer than any transaction of ours stays idle, and the lock goes with it."""
+    idle_ms = int(grace_period(study_cfg) * 1000)
+    return {
+        "connect_timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS,
+        "options": f"-c idle_in_transaction_session_timeout={idle_ms}",
+    }
 
 
 def set_store_retry_window(study_cfg: DictConfig) -> None:

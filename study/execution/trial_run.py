@@ -81,7 +81,7 @@ class TrialRun:
             self.tracker.set_tags({NOTE_TAG: str(error)})
             self._end(TrialState.PRUNED, "FINISHED")
         elif isinstance(error, INTERRUPTS):
-            self._end(TrialState.FAIL, "KILLED", "interrupted (Ctrl-C or SIGTERM); the trial is retried")
+            self._end(TrialState.FAIL, "KILLED", "interrupted (Ctrl-C, SIGTERM or SIGUSR2); it is retried")
         else:
             self._end(TrialState.FAIL, "FAILED", error)
 

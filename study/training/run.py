@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +27,8 @@ from study.core.names import (
     DATA_EXAMPLES_TAG,
     DATA_NAME_TAG,
     DATA_SOURCE_TAG,
+    DEVICE_GPUS_TAG,
+    DEVICE_HOST_TAG,
     DEVICE_KIND_TAG,
     DEVICE_TAG,
     MODEL_SOURCE_TAG,
@@ -180,6 +184,8 @@ def log_run_description(tracker: RunTracker, cfg: DictConfig, dataset: Dataset) 
             BACKEND_TAG: keras.backend.backend(),
             DEVICE_TAG: device,
             DEVICE_KIND_TAG: backend.device_kind(device),
+            DEVICE_HOST_TAG: socket.gethostname(),
+            **({DEVICE_GPUS_TAG: gpus} if (gpus := os.environ.get("CUDA_VISIBLE_DEVICES")) else {}),
             **backend.Threads.in_effect().as_tags(),
             DATA_NAME_TAG: dataset.name,
             DATA_SOURCE_TAG: dataset.source,

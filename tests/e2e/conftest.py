@@ -103,3 +103,14 @@ def throwaway_cluster(password: str | None):
 def postgres(postgres_cluster):
     """A throwaway PostgreSQL cluster; yields a URL prefix with (ignored) credentials."""
     return postgres_cluster.url
+
+
+@pytest.fixture
+def servers_on_postgres(postgres, tmp_path):
+    """(Optuna storage URL, a real `mlflow server`), both on the throwaway PostgreSQL."""
+    from tests.helpers import TrackingServer
+
+    server = TrackingServer(f"{postgres}/mlflow", tmp_path / "artifacts")
+    server.start()
+    yield f"{postgres}/optuna", server
+    server.stop()

@@ -564,6 +564,24 @@ MLFLOW_LOGIN = (
     'read -rsp "MLflow password: " MLFLOW_TRACKING_PASSWORD && '
     "export MLFLOW_TRACKING_USERNAME=alice MLFLOW_TRACKING_PASSWORD"
 )
+SLURM_SWEEP = (
+    "python -m study.sweep launcher=slurm launcher.workers=8 launcher.partition=gpu "
+    "launcher.gpus_per_node=1 study.name=big study.storage=postgresql://user@db-host/optuna "
+    "mlflow.tracking_uri=http://mlflow-host:5000 study.n_trials=500 study.trials_per_gpu=2"
+)
+ON_SLURM = (
+    "needs a Slurm cluster and stores its nodes reach: tests/e2e/test_slurm.py runs launcher=slurm on the "
+    "one-node cluster .ci/run starts"
+)
+RAY_SWEEP = (
+    "python -m study.sweep launcher=ray launcher.address=auto launcher.workers=8 study.name=big "
+    "study.storage=postgresql://user@db-host/optuna mlflow.tracking_uri=http://mlflow-host:5000 "
+    "study.n_trials=500 study.trials_per_gpu=2"
+)
+ON_RAY = (
+    "needs a Ray cluster and stores its nodes reach: tests/e2e/test_ray.py runs launcher=ray on a "
+    "two-node cluster on this machine and on `ray start --head`"
+)
 SWEEP_ON_SERVERS = (
     "python -m study.sweep study.name=big study.storage=postgresql://user@db-host/optuna "
     "mlflow.tracking_uri=http://mlflow-host:5000 study.n_trials=500 study.gpus=[0,1,2,3] "
@@ -675,6 +693,10 @@ CASES: dict[str, Case] = {
     MLFLOW_SERVER_ON_POSTGRES: Case(skip=SCALE_OUT),
     MLFLOW_LOGIN: Case(skip=SCALE_OUT),
     SWEEP_ON_SERVERS: Case(skip=SCALE_OUT),
+    'pip install -e ".[postgres,slurm]"': Case(skip=INSTALL),
+    SLURM_SWEEP: Case(skip=ON_SLURM),
+    'pip install -e ".[postgres,ray]"': Case(skip=INSTALL),
+    RAY_SWEEP: Case(skip=ON_RAY),
     # Reproduce
     "python -m study.reproduce 3f2a...": Case(
         needs=(FIRST_RUN,), replace=(("3f2a...", "{run_id}"),), expect=(reproduced,)

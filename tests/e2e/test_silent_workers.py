@@ -18,7 +18,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import sqlalchemy
 from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
@@ -31,6 +30,7 @@ from study.core.names import (
     WORKER_ATTR,
 )
 from study.search import asha
+from tests.e2e.cluster_studies import start_sweep, trials_of
 from tests.helpers import TrackingServer, worker_pids
 
 pytestmark = pytest.mark.slow
@@ -76,29 +76,11 @@ def overrides_for(sweep_setup, stores, name: str, scheduler: list[str]) -> tuple
     ]
 
 
-def start_sweep(overrides: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "study.sweep", *overrides],
-        cwd=cwd,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
 def wait_for_workers(tmp_path: Path, name: str, driver: subprocess.Popen) -> None:
     """Workers start once the driver made the study: the test's reads must not race the
     driver creating the study's tables (an Optuna storage creates them when they are missing)."""
     logs = tmp_path / "runs" / "studies" / name / "logs"
     poll(lambda: list(logs.glob("worker_*.log")), driver=driver)
-
-
-def trials_of(storage: str, name: str) -> list[FrozenTrial]:
-    try:
-        return optuna.load_study(study_name=name, storage=storage).get_trials()
-    except (KeyError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError):
-        return []  # not created yet, or its tables are being made right now
 
 
 def state_of(storage: str, name: str, number: int) -> TrialState | None:
@@ -136,7 +118,8 @@ def training_trial(storage: str, name: str, last: bool) -> FrozenTrial | None:
 
 def freeze_wake_and_finish(tmp_path, overrides, storage, name, last=False):
     """SIGSTOP the worker of a training trial, wait for its failure and its retry, SIGCONT.
-    Returns (the frozen trial, seconds until it was failed, the sweep's output)."""
+    Returns (the frozen trial, seconds until it was failed, the sweep's output), or None when
+    the trial finished between the look and the signal (then nothing was frozen)."""
     driver = start_sweep(overrides, tmp_path)
     try:
         wait_for_workers(tmp_path, name, driver)
@@ -144,6 +127,10 @@ def freeze_wake_and_finish(tmp_path, overrides, storage, name, last=False):
         pid = int(frozen.user_attrs[WORKER_ATTR].rpartition(":")[2])
         os.kill(pid, signal.SIGSTOP)
         stopped = time.time()
+        if state_of(storage, name, frozen.number) != TrialState.RUNNING:
+            os.kill(pid, signal.SIGCONT)
+            driver.communicate(timeout=600)
+            return None
         poll(lambda: state_of(storage, name, frozen.number) == TrialState.FAIL, interval=0.1)
         failed_after = time.time() - stopped
         poll(lambda: retry_of(trials_of(storage, name), frozen.number), interval=0.2)
@@ -199,9 +186,13 @@ def check_woken_worker_went_on(tmp_path: Path, output: str, frozen: FrozenTrial)
 @pytest.mark.parametrize("last", [False, True], ids=["mid-trial", "end-of-last-trial"])
 def test_a_frozen_worker_loses_its_trial_and_writes_nothing_when_woken(sweep_setup, stores, last):
     storage, server = stores
-    name = f"frozen-{'last' if last else 'mid'}"
-    tmp_path, overrides = overrides_for(sweep_setup, stores, name, [])
-    frozen, failed_after, output = freeze_wake_and_finish(tmp_path, overrides, storage, name, last)
+    for attempt in range(3):  # a trial may end in the instant between the look and SIGSTOP
+        name = f"frozen-{'last' if last else 'mid'}-{attempt}"
+        tmp_path, overrides = overrides_for(sweep_setup, stores, name, [])
+        frozen_and_woken = freeze_wake_and_finish(tmp_path, overrides, storage, name, last)
+        if frozen_and_woken is not None:
+            break
+    frozen, failed_after, output = frozen_and_woken
 
     print(f"failed {failed_after:.1f} s after SIGSTOP")
     assert failed_after < 2 * HEARTBEAT_SECONDS + DRIVER_POLL_SECONDS + SLACK_SECONDS, failed_after
@@ -253,3 +244,43 @@ def test_a_frozen_asha_worker_never_writes_into_the_run_its_retry_trains(sweep_s
     assert all(len(values) == 1 for values in by_step.values()), by_step  # one curve, not two
     assert retry_of(trials, frozen.number).state == TrialState.COMPLETE
     check_woken_worker_went_on(tmp_path, output, frozen)
+
+
+LOCK_HOLDER = """
+import os, signal, sys
+import sqlalchemy
+from omegaconf import OmegaConf
+from study.execution.storage import postgres_connect_args
+study_cfg = OmegaConf.create({"heartbeat_interval": int(sys.argv[2])})
+engine = sqlalchemy.create_engine(sys.argv[1], connect_args=postgres_connect_args(study_cfg))
+connection = engine.connect()
+lock = sqlalchemy.text("SELECT * FROM trials WHERE trial_id = :id FOR UPDATE")
+connection.execute(lock, {"id": int(sys.argv[3])})
+print("locked", flush=True)
+os.kill(os.getpid(), signal.SIGSTOP)  # frozen inside Optuna's tell, the trial's row locked
+"""
+
+
+def test_a_worker_frozen_inside_a_transaction_does_not_lock_its_trial_for_ever(postgres):
+    """Optuna's tell locks the trial's row; a worker stopped before its commit kept the lock,
+    and the process failing its stale trial waited on it for ever. The server now ends a session
+    idle in a transaction after the grace period (2 x heartbeat)."""
+    storage_url = f"{postgres}/optuna"
+    study = optuna.create_study(study_name="frozen-lock", storage=storage_url)
+    trial_id = study.ask()._trial_id
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, storage_url, str(HEARTBEAT_SECONDS), str(trial_id)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        started = time.time()
+        study._storage.set_trial_state_values(trial_id, TrialState.FAIL)  # waits on the lock
+        waited = time.time() - started
+    finally:
+        holder.kill()
+        os.kill(holder.pid, signal.SIGCONT)
+        holder.wait()
+    assert study.trials[0].state == TrialState.FAIL
+    assert waited < 2 * HEARTBEAT_SECONDS + SLACK_SECONDS, waited

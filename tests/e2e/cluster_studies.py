@@ -1,0 +1,82 @@
+"""What the tests of studies on clusters (Slurm, Ray) and of silent workers share: a driver
+started as a user starts it, the study's trials read while it runs, and the invariants of a
+finished study."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from mlflow import MlflowClient
+from optuna.trial import FrozenTrial, TrialState
+
+from study.core.names import MLFLOW_RUN_ATTR, RETRY_FAILED_TRIAL_ATTR, STATE_TAG, STUDY_ROLE_TAG
+from tests.helpers import TrackingServer
+
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def start_sweep(overrides: list[str], cwd: Path) -> subprocess.Popen:
+    """`python -m study.sweep` in its own process group, its output kept."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "study.sweep", *overrides],
+        cwd=cwd,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def trials_of(storage: str, name: str) -> list[FrozenTrial]:
+    try:
+        return optuna.load_study(study_name=name, storage=storage).get_trials()
+    except (KeyError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError):
+        return []  # not created yet, or its tables are being made right now
+
+
+def training(storage: str, name: str) -> list[FrozenTrial]:
+    """The RUNNING trials that reported an epoch."""
+    return [t for t in trials_of(storage, name) if t.state == TrialState.RUNNING and t.intermediate_values]
+
+
+def check_finished_study(storage: str, name: str, server: TrackingServer, n_trials: int) -> list[FrozenTrial]:
+    """Exactly n_trials done, nothing RUNNING, one parent run (FINISHED), run states match."""
+    trials = trials_of(storage, name)
+    assert sum(t.state in DONE for t in trials) == n_trials
+    assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    client = MlflowClient(tracking_uri=server.url)
+    experiment = client.get_experiment_by_name("study")
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`study.name` = '{name}'")
+    assert [run.info.status for run in runs if run.data.tags.get(STUDY_ROLE_TAG) == "parent"] == ["FINISHED"]
+    assert not [run.info.run_id for run in runs if run.info.status in ("RUNNING", "SCHEDULED")]
+    by_run = {t.user_attrs[MLFLOW_RUN_ATTR]: t for t in trials if MLFLOW_RUN_ATTR in t.user_attrs}
+    for run in runs:
+        if run.info.run_id in by_run:
+            assert run.data.tags[STATE_TAG] == by_run[run.info.run_id].state.name
+    return trials
+
+
+def assert_retried(trials: list[FrozenTrial], number: int) -> None:
+    """Trial `number` failed, and its retry (same parameters) is done."""
+    assert trials[number].state == TrialState.FAIL
+    retry = next(t for t in trials if t.system_attrs.get(RETRY_FAILED_TRIAL_ATTR) == number)
+    assert retry.state in DONE and retry.params == trials[number].params
+
+
+def cluster_overrides(
+    base: list[str], storage: str, server: TrackingServer, n_trials: int, epochs: int
+) -> list[str]:
+    """A tiny study on PostgreSQL and a tracking server, its trials long enough to act on one
+    mid-trial (several seconds each)."""
+    return [
+        *base,
+        f"study.storage={storage}",
+        f"mlflow.tracking_uri={server.url}",
+        f"study.n_trials={n_trials}",
+        f"trainer.epochs={epochs}",
+        "pruner=none",
+    ]
