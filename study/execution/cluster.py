@@ -6,7 +6,10 @@ more are started, how they are cancelled."""
 
 from __future__ import annotations
 
+import itertools
+import logging
 import shlex
+import signal
 import time
 from pathlib import Path
 from typing import Protocol
@@ -14,6 +17,7 @@ from typing import Protocol
 import optuna
 from omegaconf import DictConfig
 
+from study.core.errors import ConfigError
 from study.core.masking import mask_secrets
 from study.execution.recovery import fail_ownerless_trials
 from study.execution.spec import WorkerSpec
@@ -21,7 +25,10 @@ from study.reporting.live import StudyProgress
 from study.reporting.noise import study_command
 from study.search.budget import Budget
 
-POLL_SECONDS = 2.0  # each poll asks the cluster too: not more often than this
+log = logging.getLogger("study.sweep")
+
+POLL_SECONDS = 2.0  # the stores, for the live display
+CLUSTER_POLLS_EVERY = 5  # the cluster (squeue, Ray's GCS) every 10 s: schedulers ask for restraint
 REPLACEMENTS_PER_WORKER = 3  # workers that ended (node lost, cancelled) replaced while attached
 
 
@@ -30,6 +37,7 @@ class Engine(Protocol):
 
     noun: str  # what a worker is there: "task", "actor"
     detaches: bool  # False when the cluster itself ends with this session (Ray started for it)
+    logs_hint: str  # where else a worker's start-up errors go
 
     def live(self) -> list[str]: ...
 
@@ -64,25 +72,30 @@ class ClusterWatch:
         )
 
     def run(self) -> bool:
-        """Watch until the study's search has ended (True), or until Ctrl-C detaches (False)."""
+        """Watch until the study's search has ended and its last trials with it (True), or until
+        Ctrl-C detaches (False)."""
         name, noun = self.settings.study.name, self.engine.noun
-        live = self.engine.live()
-        if live:
-            print(f"study {name}: attached to its running {noun}s {', '.join(live)}", flush=True)
-        self._start_missing(live, first=True)
         try:
-            while True:
+            live = self.engine.live()
+            if live:
+                print(f"study {name}: attached to its running {noun}s {', '.join(live)}", flush=True)
+            self._start_missing(live, first=True)
+            for poll in itertools.count(1):
+                time.sleep(POLL_SECONDS)
                 trials = self.study.get_trials(deepcopy=False)
                 verdict = self.budget.judge(trials)
                 self.progress.update(verdict.counts, trials, done=verdict.done)
-                if verdict.stop is not None:
+                if verdict.stop is not None and (verdict.counts.running == 0 or not live):
                     return True
                 fail_ownerless_trials(self.study, self.settings.study, self.tracking_uri, trials)
-                if not self._start_missing(self.engine.live()):
+                if poll % CLUSTER_POLLS_EVERY:
+                    continue
+                live = self._live(live)
+                if verdict.stop is None and not self._start_missing(live):
                     print(f"study {name}: every {noun} ended; none replaced", flush=True)
                     return True
-                time.sleep(POLL_SECONDS)
         except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
             if not self.engine.detaches:
                 self.engine.cancel()
                 print(f"\nstudy {name}: stopped (the cluster was started for this session)", flush=True)
@@ -95,6 +108,15 @@ class ClusterWatch:
             self.progress.update(verdict.counts, trials, force=True, done=verdict.done)
             self.progress.close(verdict.counts, trials)
 
+    def _live(self, last: list[str]) -> list[str]:
+        """The live workers; the last answer while the cluster does not answer (a busy
+        slurmctld): its workers go on without this watch."""
+        try:
+            return self.engine.live()
+        except ConfigError as error:
+            log.warning("%s; asking again in %.0f s", error, POLL_SECONDS * CLUSTER_POLLS_EVERY)
+            return last
+
     def _start_missing(self, live: list[str], first: bool = False) -> bool:
         """Start the workers that are missing; False when none is left to run the study."""
         missing = self.workers - len(live)
@@ -106,9 +128,10 @@ class ClusterWatch:
             self.replacements_left -= missing
         started = self.engine.start(missing, self.spec, self.study_dir)
         what = "started" if first else f"replacing ended {self.engine.noun}s:"
+        more_logs = self.engine.logs_hint.format(study_dir=self.study_dir)
         print(
             f"study {self.settings.study.name}: {what} {', '.join(started)} "
-            f"(worker logs: {self.study_dir / 'logs'})",
+            f"(worker logs: {self.study_dir / 'logs'}{more_logs})",
             flush=True,
         )
         return True

@@ -135,7 +135,16 @@ def run_sweep(
         if engine is not None and not claim_outputs(storage, settings, take_over=not searching):
             return outputs_written_elsewhere(study, settings, parent, study_dir)
         command = study_command(config_dir, config_name, overrides)  # the summary may print it
-        summary = write_outputs(study, settings, base, parent, study_dir, command, verdict.stop == DONE)
+        summary = write_outputs(
+            study,
+            settings,
+            base,
+            parent,
+            study_dir,
+            command,
+            verdict.stop == DONE,
+            claimed=engine is not None,
+        )
         verdict = budget.judge(study.get_trials(deepcopy=False))
         if verdict.stop not in (DONE, TIMEOUT):
             raise StudyIncompleteError(incomplete_message(settings, verdict))

@@ -17,52 +17,15 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import submitit
 from omegaconf import DictConfig, OmegaConf
 
 from study.execution.spec import WorkerSpec
 
 log = logging.getLogger("study.worker")
-
-WORKERS_PER_TASK = 16  # worker indices (sampler seeds, log files) of task k start at 16 k
-
-
-class StudyTask(submitit.helpers.Checkpointable):
-    """What each array task runs: `StudyTask()(spec)`."""
-
-    def __init__(self) -> None:
-        self.driver = None
-
-    def __call__(self, spec: WorkerSpec) -> int:
-        from study.core.errors import ConfigError
-        from study.core.masking import mask_console, private_files
-        from study.core.retry import StoreUnreachableError
-
-        mask_console()
-        private_files()
-        logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-        try:
-            return run_task(self, spec)
-        except (ConfigError, StoreUnreachableError) as error:  # one line in the job's log
-            print(f"study.worker: error: {error}", file=sys.stderr, flush=True)
-            raise SystemExit(1) from None
-
-    def checkpoint(self, spec: WorkerSpec) -> submitit.helpers.DelayedSubmission:
-        """Slurm's time limit is near: end the trials (they are retried), then requeue."""
-        if self.driver is not None:
-            self.driver.pool.stop()
-        return submitit.helpers.DelayedSubmission(StudyTask(), spec)
-
-
-def run_task(task: StudyTask, spec: WorkerSpec) -> int:
-    task_id = os.environ.get("SLURM_ARRAY_TASK_ID", "0")
-    job = os.environ.get("SLURM_ARRAY_JOB_ID", os.environ.get("SLURM_JOB_ID", "local"))
-    return join_study(spec, f"slurm-{job}_{task_id}", WORKERS_PER_TASK * int(task_id), task, with_slurm_gpus)
 
 
 def join_study(
@@ -110,14 +73,9 @@ def join_study(
     log.info("%s: the study is done; this one writes its outputs", label)
     parent = RunTracker.resume(base.mlflow, spec.parent_run_id)
     command = study_command(spec.config_dir, spec.config_name, spec.overrides)
-    write_outputs(study, settings, base, parent, study_dir, command, search_done=verdict.stop == DONE)
+    write_outputs(study, settings, base, parent, study_dir, command, verdict.stop == DONE, claimed=True)
     parent.end("FINISHED")
     return 0
-
-
-def with_slurm_gpus(settings: DictConfig) -> DictConfig:
-    """The study settings with study.gpus = the GPUs Slurm gave this task (CUDA_VISIBLE_DEVICES)."""
-    return with_study_keys(settings, gpus=visible_gpu_indices())
 
 
 def visible_gpu_indices() -> list[int]:

@@ -38,6 +38,7 @@ def namespace_of(settings: DictConfig) -> str:
 
 class RayEngine:
     noun = "actor"
+    logs_hint = ", the actors' own: Ray's session logs"
 
     def __init__(self, settings: DictConfig, detaches: bool, gpus_per_actor: float):
         self.settings = settings

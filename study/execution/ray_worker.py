@@ -31,7 +31,7 @@ class StudyActor:
         thread.start()
 
     def _run(self, spec: WorkerSpec, index: int, gpu_share: float) -> None:
-        from study.core.errors import ConfigError
+        from study.core.errors import ConfigError, short_error
         from study.core.masking import mask_console, private_files
         from study.core.retry import StoreUnreachableError
 
@@ -42,6 +42,9 @@ class StudyActor:
             join_study(spec, f"ray-{index}", WORKERS_PER_ACTOR * index, self, one_worker, gpu_share or None)
         except (ConfigError, StoreUnreachableError) as error:  # one line in the actor's log
             print(f"study.worker: error: {error}", file=sys.stderr, flush=True)
+        except Exception as error:  # anything else: one line too, the details in the log
+            logging.getLogger("study.worker").debug("actor %d failed", index, exc_info=True)
+            print(f"study.worker: error: {short_error(error)}", file=sys.stderr, flush=True)
         finally:
             ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 

@@ -4,7 +4,7 @@
 workers, then the cluster (`check_cluster`: Slurm's commands, the partition, its GPUs) and that
 every node can reach the stores (`check_stores_reachable`). It creates or resumes the study and
 its parent run as before; then, instead of starting processes, it submits the array tasks that
-are missing (each runs `study.execution.joined.StudyTask`) and shows the live progress, read
+are missing (each runs `study.execution.slurm_task.StudyTask`) and shows the live progress, read
 from the stores. Ctrl-C detaches (the tasks go on); the same command re-attaches and submits
 only what is missing; `launcher.cancel=true` cancels the study's jobs.
 
@@ -30,9 +30,11 @@ from study.execution.spec import WorkerSpec
 
 log = logging.getLogger("study.sweep")
 
+MAX_REQUEUES = 10_000
 SLURM_TIMEOUT_SECONDS = 30  # a controller that does not answer in this long is not there
 # Queue states of a task that still runs, or will (squeue --states: every state it shows).
-ENDING_STATES = {"COMPLETING", "COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "BOOT_FAIL"}
+# A task being requeued passes through COMPLETING: it still counts.
+ENDING_STATES = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "BOOT_FAIL"}
 
 
 def job_name(settings: DictConfig) -> str:
@@ -147,9 +149,12 @@ def submit_tasks(settings: DictConfig, spec: WorkerSpec, study_dir: Path, count:
         import submitit
     except ImportError:
         raise ConfigError('launcher=slurm: needs submitit (pip install -e ".[slurm]")') from None
-    from study.execution.joined import StudyTask
+    from study.execution.slurm_task import StudyTask
 
-    executor = submitit.AutoExecutor(folder=study_dir / "slurm" / "%j", cluster="slurm")
+    # A task is requeued at every time limit, as often as the study needs (submitit's default: 3).
+    executor = submitit.AutoExecutor(
+        folder=study_dir / "slurm" / "%j", cluster="slurm", slurm_max_num_timeout=MAX_REQUEUES
+    )
     executor.update_parameters(**submitit_parameters(settings))
     try:
         with executor.batch():
@@ -194,6 +199,7 @@ class SlurmEngine:
 
     noun = "task"
     detaches = True  # the tasks outlive the login node's command
+    logs_hint = ", job logs: {study_dir}/slurm/"
 
     def __init__(self, settings: DictConfig):
         self.settings = settings

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 SQLITE_LOCK_TIMEOUT_SECONDS = 60  # several workers write to one SQLite file
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 15
+IDLE_IN_TRANSACTION_FLOOR_SECONDS = 5.0
 SCHEMA_RACE_DELAYS = (0.5, 1.0, 2.0)  # seconds between looks at a schema being created
 # A driver that creates a study's SQLite file writes its header within milliseconds: an empty
 # file that stays empty this long is not being made by another driver starting the study.
@@ -73,7 +74,7 @@ def make_storage(study_cfg: DictConfig, tracking_uri: str) -> optuna.storages.Ba
             first_open = first_open_of_sqlite(Path(database))
         engine_kwargs["connect_args"] = {"timeout": SQLITE_LOCK_TIMEOUT_SECONDS}
     elif url.startswith("postgresql"):
-        engine_kwargs["connect_args"] = postgres_connect_args(study_cfg)
+        engine_kwargs["connect_args"] = postgres_connect_args(study_cfg, url)
     try:
         connect_once(url, "study.storage", expected="Optuna")  # not MLflow's database
         with first_open:
@@ -90,16 +91,19 @@ def make_storage(study_cfg: DictConfig, tracking_uri: str) -> optuna.storages.Ba
         raise ConfigError(describe_storage_error(error, url)) from None
 
 
-def postgres_connect_args(study_cfg: DictConfig) -> dict:
+def postgres_connect_args(study_cfg: DictConfig, url: str = "") -> dict:
     """A host that drops packets answers in seconds, not after the system's TCP time-out. And a
     worker frozen (SIGSTOP, swapping) inside a transaction would hold its row locks until it
     wakes: Optuna's tell locks the trial's row, so the failure of the frozen trial by another
     process waited with it, for ever. The server ends such a session after the heartbeat's grace
-    period, longer than any transaction of ours stays idle, and the lock goes with it."""
-    idle_ms = int(grace_period(study_cfg) * 1000)
+    period (at least IDLE_IN_TRANSACTION_FLOOR_SECONDS: a busy machine may pause a live process
+    for a second), and the lock goes with it. Options of the URL's own (`?options=...`) are kept."""
+    idle_ms = int(max(grace_period(study_cfg), IDLE_IN_TRANSACTION_FLOOR_SECONDS) * 1000)
+    own = sqlalchemy.engine.make_url(url).query.get("options", "") if url else ""
+    own = own if isinstance(own, str) else " ".join(own)
     return {
         "connect_timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS,
-        "options": f"-c idle_in_transaction_session_timeout={idle_ms}",
+        "options": f"{own} -c idle_in_transaction_session_timeout={idle_ms}".strip(),
     }
 
 

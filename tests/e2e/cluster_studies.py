@@ -13,7 +13,13 @@ import sqlalchemy
 from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from study.core.names import MLFLOW_RUN_ATTR, RETRY_FAILED_TRIAL_ATTR, STATE_TAG, STUDY_ROLE_TAG
+from study.core.names import (
+    MLFLOW_RUN_ATTR,
+    NOT_NEEDED_ATTR,
+    RETRY_FAILED_TRIAL_ATTR,
+    STATE_TAG,
+    STUDY_ROLE_TAG,
+)
 from tests.helpers import TrackingServer
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -58,6 +64,16 @@ def check_finished_study(storage: str, name: str, server: TrackingServer, n_tria
         if run.info.run_id in by_run:
             assert run.data.tags[STATE_TAG] == by_run[run.info.run_id].state.name
     return trials
+
+
+def assert_lost_trials_retried(trials: list[FrozenTrial]) -> list[int]:
+    """Some trial was lost (failed, not one that lost the race for the last places), and each
+    lost one was retried: which one a signal or a kill caught is up to timing."""
+    lost = [t.number for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get(NOT_NEEDED_ATTR)]
+    assert lost
+    for number in lost:
+        assert_retried(trials, number)
+    return lost
 
 
 def assert_retried(trials: list[FrozenTrial], number: int) -> None:

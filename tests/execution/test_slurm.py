@@ -120,7 +120,7 @@ def test_what_the_cluster_cannot_do_is_one_line_before_any_store_is_written(swee
 
 TASK = """
 import sys
-from study.execution.joined import StudyTask
+from study.execution.slurm_task import StudyTask
 from study.execution.spec import WorkerSpec
 StudyTask()(WorkerSpec.read(__import__("pathlib").Path(sys.argv[1])))
 """
@@ -153,7 +153,7 @@ def test_a_task_that_cannot_reach_the_study_storage_exits_with_one_line(sweep_se
 
 
 def test_a_task_uses_the_gpus_slurm_gave_it(monkeypatch):
-    from study.execution.joined import with_slurm_gpus
+    from study.execution.slurm_task import with_slurm_gpus
 
     settings = slurm_settings("study.trials_per_gpu=2")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
