@@ -11,7 +11,9 @@ Three measurements, each side by side in the same run:
    times; medians, their ratio, and training images per second.
 2. Fixed overhead per trial: a sweep of trials so small that training is negligible (digits,
    softmax, one epoch) with one worker; the time from one trial's start to the next, minus
-   the bare fit of the same training (repeated in one process, as a worker would).
+   the bare fit of the same training (repeated in one process, as a worker would). The same
+   per segment of scheduler=asha with rungs in optimizer steps (a first rung of 4 steps, a
+   third of a digits epoch, then 12 and 36): new configurations and promotions apart.
 3. Sweep throughput: one fixed small study run with 1 and n workers (CPU cores), or with 1..k
    trials sharing one GPU (--gpu, --slots): trials per hour.
 
@@ -37,7 +39,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 from tabulate import tabulate
 
-from study.core.names import MLFLOW_RUN_ATTR
+from study.core.names import CONFIG_ATTR, MLFLOW_RUN_ATTR
 
 from common import read_result, steady_median
 
@@ -166,7 +168,9 @@ def model_row(model: str, bare: list[dict], tracked: list[dict]) -> dict:
     }
 
 
-def sweep_overrides(args: argparse.Namespace, name: str, n_trials: int) -> list[str]:
+def sweep_overrides(
+    args: argparse.Namespace, name: str, n_trials: int, scheduler: tuple[str, ...] = ("scheduler=none",)
+) -> list[str]:
     return [
         f"runs_dir={args.out / 'runs'}",
         f"study.name={name}",
@@ -175,7 +179,7 @@ def sweep_overrides(args: argparse.Namespace, name: str, n_trials: int) -> list[
         "search_space=learning_rate",
         "sampler=random",
         "pruner=none",
-        "scheduler=none",  # one trial per configuration, each one fit: what these tables time
+        *scheduler,  # default none: one trial per configuration, each one fit
         "trainer.verbose=0",
         *args.override,
     ]
@@ -212,6 +216,35 @@ def measure_overhead(args: argparse.Namespace) -> dict:
         "fixed_overhead_seconds": cycle - bare_seconds,
         "inside_trial_seconds": statistics.median(inside),
         "between_trials_seconds": statistics.median(between),
+    }
+
+
+SEGMENTS = ("scheduler=asha", "scheduler.resource_unit=steps", "scheduler.min_resource=4")
+
+
+def measure_segments(args: argparse.Namespace, bare_seconds: float) -> dict:
+    """Table 2, second part: the same cost per segment of scheduler=asha (rungs of 4, 12 and 36
+    steps of digits): each segment builds or reloads its model, traces it, validates, saves
+    checkpoints and opens or resumes its MLflow run; its steps take milliseconds."""
+    training = ["data=digits", "model=softmax", "trainer.epochs=3"]
+    name = "bench-segments"
+    overrides = [*training, *sweep_overrides(args, name, args.overhead_trials, SEGMENTS)]
+    _, study = run_sweep(args, overrides, name)
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda trial: trial.datetime_start)[1:]
+    starts = [trial.datetime_start.timestamp() for trial in trials]
+    cycles = {
+        trial.number: later - earlier
+        for trial, (earlier, later) in zip(trials[:-1], itertools.pairwise(starts), strict=True)
+    }
+    promotions = [cycles[t.number] for t in trials if t.number in cycles and CONFIG_ATTR in t.user_attrs]
+    firsts = [cycles[t.number] for t in trials if t.number in cycles and CONFIG_ATTR not in t.user_attrs]
+    return {
+        "segments": len(trials) + 1,
+        "promotions": len(promotions),
+        "first_segment_cycle_seconds": statistics.median(firsts) if firsts else None,
+        "promotion_cycle_seconds": statistics.median(promotions) if promotions else None,
+        "segment_cycle_seconds": statistics.median(cycles.values()),
+        "fixed_overhead_seconds": statistics.median(cycles.values()) - bare_seconds,
     }
 
 
@@ -268,6 +301,7 @@ def images_per_second(args: argparse.Namespace, trials: list) -> float:
 TABLES = {
     "models": "Tracked run against bare keras.Model.fit",
     "overhead": "Fixed overhead per trial (digits, softmax, 1 epoch, 1 worker)",
+    "segments": "Fixed overhead per segment (scheduler=asha, rungs of 4, 12, 36 steps; digits, softmax)",
     "throughput": "Sweep throughput",
 }
 
@@ -303,6 +337,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     save(args, results)
     results["overhead"] = measure_overhead(args)
+    save(args, results)
+    results["segments"] = measure_segments(args, results["overhead"]["bare_fit_seconds"])
     save(args, results)
     results["throughput"] = measure_throughput(args)
     save(args, results)

@@ -10,7 +10,10 @@ Strategies: `none` (every trial trains all its epochs), `median` (Optuna's Media
 `hyperband` (Optuna's HyperbandPruner), `asha` (scheduler=asha: promotion from checkpoints,
 rungs of 1, 3, 9 epochs), `asha-steps` (the same with a first rung of `--first-rung-steps`
 optimizer steps); each with the samplers of `--samplers` (TPE, random) and `--seeds` seeds
-(sampler and trainer seed, from `--first-seed` on). The space: softmax or the Deep-MNIST CNN x
+(sampler and trainer seed, from `--first-seed` on). `keras-tuner` is the peer a Keras user
+would pick, Keras Tuner's Hyperband (factor 3) over the same models, space and data split
+(bench/keras_tuner_search.py: needs `pip install keras-tuner`, in the dev extra), once per
+seed (sampler `hyperband` in the tables). The space: softmax or the Deep-MNIST CNN x
 SGD / Adam / RMSProp x log learning rate 1e-4..1 x dropout (CNN), batch 100, `--epochs` (9) at
 most, no enqueued baseline.
 
@@ -28,7 +31,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import datetime
-import itertools
 import json
 import math
 import os
@@ -57,7 +59,19 @@ STRATEGIES = {
     "asha": ["pruner=none", "scheduler=asha"],
     # ASHA with a first rung shorter than an epoch (--first-rung-steps optimizer steps).
     "asha-steps": ["pruner=none", "scheduler=asha", "scheduler.resource_unit=steps"],
+    # The same, its first configurations spread over the space (sampler.startup=stratified).
+    "asha-steps-stratified": [
+        "pruner=none",
+        "scheduler=asha",
+        "scheduler.resource_unit=steps",
+        "sampler.startup=stratified",
+    ],
+    # The peer: Keras Tuner's Hyperband (bench/keras_tuner_search.py), its own random sampling.
+    "keras-tuner": None,
 }
+DEFAULT_STRATEGIES = ("none", "median", "hyperband", "asha", "asha-steps", "keras-tuner")
+MODEL_BASED = ("tpe", "gp", "cmaes")  # the samplers with a startup (sampler.startup)
+PEER_SAMPLER = "hyperband"  # keras-tuner's rows in the tables: one study per seed, whatever --samplers
 SPACE = """\
 # bench/search.py: softmax or the Deep-MNIST CNN x SGD/Adam/RMSProp x learning rate x dropout.
 model: {type: categorical, choices: [softmax, cnn]}
@@ -82,7 +96,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         help="the seeds are FIRST_SEED .. FIRST_SEED + SEEDS - 1 (default: 0): more seeds for an "
         "earlier bench, on another machine or in another --out",
     )
-    parser.add_argument("--strategies", default=",".join(STRATEGIES), help="default: %(default)s")
+    parser.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES), help="default: %(default)s")
     parser.add_argument("--samplers", default="tpe,random", help="default: %(default)s")
     parser.add_argument("--epochs", type=int, default=9, help="epochs of a full trial (default: 9)")
     parser.add_argument("--target", type=float, default=0.98, help="val_accuracy to reach (default: 0.98)")
@@ -117,6 +131,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [s for s in args.strategies if s not in STRATEGIES]
     if unknown:
         parser.error(f"--strategies: expected some of {', '.join(STRATEGIES)}, got {', '.join(unknown)}")
+    stratified = [s for s in args.strategies if "sampler.startup=stratified" in (STRATEGIES[s] or [])]
+    if stratified and any(sampler not in MODEL_BASED for sampler in args.samplers):
+        parser.error(f"--strategies {stratified[0]}: expected --samplers of {', '.join(MODEL_BASED)} only")
     if args.seeds < 1:
         parser.error(f"--seeds: expected 1 or more, got {args.seeds}")
     if args.first_seed < 0:
@@ -151,7 +168,19 @@ def study_overrides(
         "trainer.batch_size=100",
         "trainer.verbose=0",
         *STRATEGIES[strategy],
-        *([f"scheduler.min_resource={args.first_rung_steps}"] if strategy == "asha-steps" else []),
+        *([f"scheduler.min_resource={args.first_rung_steps}"] if strategy.startswith("asha-steps") else []),
+        *args.override,
+    ]
+
+
+def peer_arguments(args: argparse.Namespace, seed: int, runs: Path) -> list[str]:
+    """bench/keras_tuner_search.py's arguments: the same data, split, epochs and batch."""
+    data = ["data=digits"] if args.quick else [f"data.path={args.data_path}"] if args.data_path else []
+    return [
+        *("--log", str(runs / "epochs.jsonl"), "--directory", str(runs / "keras_tuner")),
+        *("--seed", str(seed), "--epochs", str(args.epochs), "--batch-size", "100"),
+        *data,
+        f"trainer.seed={seed}",
         *args.override,
     ]
 
@@ -163,7 +192,15 @@ def run_study(
     best-so-far curve and the configurations it tried."""
     name = f"{strategy}-{sampler}-{seed}"
     runs = args.out / "runs" / name
-    command = [sys.executable, "-m", "study.sweep", *study_overrides(args, strategy, sampler, seed, runs)]
+    if STRATEGIES[strategy] is None:
+        runs.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable,
+            str(BENCH_DIR / "keras_tuner_search.py"),
+            *peer_arguments(args, seed, runs),
+        ]
+    else:
+        command = [sys.executable, "-m", "study.sweep", *study_overrides(args, strategy, sampler, seed, runs)]
     if core is not None:
         command = ["taskset", "--cpu-list", str(core), *command]
     log_file = args.out / "logs" / f"{name}.log"
@@ -179,6 +216,8 @@ def run_study(
         except subprocess.TimeoutExpired:
             stop(process)
     try:
+        if STRATEGIES[strategy] is None:
+            return measure_peer(runs, start, args.budget, name)
         return measure(runs, start, args.budget, name)
     except RuntimeError as error:  # one broken study does not cost the others' results
         print(f"{name}: {error}", flush=True)
@@ -214,18 +253,41 @@ def measure(runs: Path, start: float, budget: float, name: str) -> tuple[list[di
             seconds = metric.timestamp / 1000.0 - start
             if seconds <= budget:
                 points.append((seconds, metric.value))
+    return best_so_far(points), len(children)
+
+
+def measure_peer(runs: Path, start: float, budget: float, name: str) -> tuple[list[dict], int]:
+    """measure() for Keras Tuner: its epochs' log, and the distinct configurations its trials
+    trained (a Hyperband trial that goes on from an earlier one's weights is the same one)."""
+    log = runs / "epochs.jsonl"
+    if not log.is_file():
+        raise RuntimeError(f"{name}: Keras Tuner logged no epoch; see logs/{name}.log")
+    points = [
+        (record["time"] - start, record["val_accuracy"])
+        for record in map(json.loads, log.read_text().splitlines())
+        if record["time"] - start <= budget
+    ]
+    configurations = set()
+    for trial in (runs / "keras_tuner").glob("bench/trial_*/trial.json"):
+        values = json.loads(trial.read_text())["hyperparameters"]["values"]
+        configurations.add(tuple(sorted((k, v) for k, v in values.items() if not k.startswith("tuner/"))))
+    return best_so_far(points), len(configurations)
+
+
+def best_so_far(points: list[tuple[float, float]]) -> list[dict]:
+    """The curve's rows: (seconds, best so far) at each improvement."""
     best = 0.0
     rows = []
     for seconds, value in sorted(points):
         if value > best:
             best = value
             rows.append({"seconds": round(seconds, 2), "best_val_accuracy": best})
-    return rows, len(children)
+    return rows
 
 
 def summarize(args: argparse.Namespace, curves: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     rows = []
-    for strategy, sampler in itertools.product(args.strategies, args.samplers):
+    for strategy, sampler in searches(args):
         group = curves[(curves["strategy"] == strategy) & (curves["sampler"] == sampler)]
         seeds = [group[group["seed"] == seed] for seed in seed_range(args)]
         finals = [points["best_val_accuracy"].max() if len(points) else 0.0 for points in seeds]
@@ -245,6 +307,16 @@ def summarize(args: argparse.Namespace, curves: pd.DataFrame, trials: pd.DataFra
     return pd.DataFrame(rows)
 
 
+def searches(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(strategy, sampler) of every search the bench compares, in --strategies' order; the peer
+    has its own sampling, so one search whatever --samplers."""
+    return [
+        (strategy, sampler)
+        for strategy in args.strategies
+        for sampler in ([PEER_SAMPLER] if STRATEGIES[strategy] is None else args.samplers)
+    ]
+
+
 def seed_range(args: argparse.Namespace) -> range:
     return range(args.first_seed, args.first_seed + args.seeds)
 
@@ -262,11 +334,16 @@ def targets(args: argparse.Namespace) -> list[float]:
 def plot(args: argparse.Namespace, curves: pd.DataFrame) -> Path:
     figure, axes = plt.subplots(1, len(args.samplers), figsize=(7 * len(args.samplers), 5), squeeze=False)
     colors = dict(
-        zip(STRATEGIES, ("tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:red"), strict=True)
+        zip(
+            STRATEGIES,
+            ("tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "black"),
+            strict=True,
+        )
     )
     for axis, sampler in zip(axes[0], args.samplers, strict=True):
-        for strategy in args.strategies:
-            mine = curves[(curves["strategy"] == strategy) & (curves["sampler"] == sampler)]
+        # The peer's curves on every sampler's panel: it is what each is measured against.
+        for strategy, its_sampler in [(s, m) for s, m in searches(args) if m in (sampler, PEER_SAMPLER)]:
+            mine = curves[(curves["strategy"] == strategy) & (curves["sampler"] == its_sampler)]
             for seed in seed_range(args):
                 points = mine[mine["seed"] == seed]
                 if points.empty:
@@ -328,7 +405,7 @@ class Results:
 
         def mine(frame: pd.DataFrame) -> pd.DataFrame:
             rows = zip(frame["seed"], frame["sampler"], frame["strategy"], strict=True)
-            return frame[[key in keys for key in rows]]
+            return frame[pd.Series([key in keys for key in rows], index=frame.index, dtype=bool)]
 
         return mine(self.curves), mine(self.studies)
 
@@ -358,7 +435,7 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "conf" / "search_space" / "bench.yaml").write_text(SPACE)
     (args.out / "logs").mkdir(exist_ok=True)
     # Seeds outermost: a cut-short bench still compares strategies.
-    studies = list(itertools.product(seed_range(args), args.samplers, args.strategies))
+    studies = [(seed, sampler, strategy) for seed in seed_range(args) for strategy, sampler in searches(args)]
     results = Results(args.out)
     to_run = [study for study in studies if not results.has(*study)]
     if len(to_run) < len(studies):

@@ -88,11 +88,18 @@ class ParamSpec:
     target: str | None = None
 
 
+# How a model-based sampler picks its first n_startup_trials configurations: at random, or
+# spread over the space by one Sobol sequence (study/search/startup.py).
+STARTUPS = ("random", "stratified")
+STARTUP = must(" or ".join(STARTUPS), lambda v: v in STARTUPS)
+
+
 @dataclass
 class TpeSamplerConfig:
     name: str = "tpe"
     seed: int | None = field(default=42, metadata=OPTIONAL_SEED)
     n_startup_trials: int = field(default=5, metadata=at_least(0))
+    startup: str = field(default="random", metadata=STARTUP)
     multivariate: bool = True
     group: bool = True  # conditional spaces: sample each sub-space jointly
     constant_liar: bool = True  # parallel workers avoid sampling the same point
@@ -115,6 +122,7 @@ class CmaesSamplerConfig:
     name: str = "cmaes"
     seed: int | None = field(default=42, metadata=OPTIONAL_SEED)
     n_startup_trials: int = field(default=1, metadata=at_least(0))
+    startup: str = field(default="random", metadata=STARTUP)
 
 
 @dataclass
@@ -122,6 +130,7 @@ class GpSamplerConfig:
     name: str = "gp"
     seed: int | None = field(default=42, metadata=OPTIONAL_SEED)
     n_startup_trials: int = field(default=10, metadata=at_least(0))
+    startup: str = field(default="random", metadata=STARTUP)
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container
 from typing import Any
 
 import optuna
@@ -16,6 +16,8 @@ from optuna.trial import FrozenTrial, TrialState
 from study.core.errors import ConfigError
 from study.search.asha import is_promotion, sampler_view
 from study.search.space import SearchSpace
+from study.search.startup import for_startup
+from study.search.wrapped import WrappedSampler
 
 
 def _seed(cfg: DictConfig, offset: int) -> int | None:
@@ -51,7 +53,11 @@ SAMPLERS: dict[str, Callable[[DictConfig, SearchSpace, int], optuna.samplers.Bas
 
 
 def build_sampler(cfg: DictConfig, space: SearchSpace, worker_index: int = 0) -> optuna.samplers.BaseSampler:
-    return SAMPLERS[cfg.name](cfg, space, worker_index)
+    sampler = SAMPLERS[cfg.name](cfg, space, worker_index)
+    if "startup" not in cfg:
+        return sampler
+    # The same sequence in every worker (no worker offset): they share one spread.
+    return for_startup(sampler, cfg.startup, cfg.n_startup_trials, space.distributions(), cfg.seed)
 
 
 MODEL_BASED = ("tpe", "gp", "cmaes")  # samplers that learn from results (they have n_startup_trials)
@@ -66,7 +72,7 @@ def for_scheduler(sampler: optuna.samplers.BaseSampler, settings: DictConfig) ->
     return RungSampler(sampler)
 
 
-class RungSampler(optuna.samplers.BaseSampler):
+class RungSampler(WrappedSampler):
     """A sampler that knows about budgets.
 
     Under scheduler=asha a configuration has one trial per rung, valued at that rung's budget:
@@ -76,9 +82,6 @@ class RungSampler(optuna.samplers.BaseSampler):
     (`sampler_view`), plus the first segments still running (for the constant liar).
     Promotions have fixed params and ask the wrapped sampler for nothing.
     """
-
-    def __init__(self, sampler: optuna.samplers.BaseSampler):
-        self.sampler = sampler
 
     def infer_relative_search_space(
         self, study: optuna.Study, trial: FrozenTrial
@@ -99,21 +102,6 @@ class RungSampler(optuna.samplers.BaseSampler):
     ) -> Any:
         view = RungView(study)
         return self.sampler.sample_independent(view, trial, param_name, param_distribution)
-
-    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.sampler.before_trial(study, trial)
-
-    def after_trial(
-        self,
-        study: optuna.Study,
-        trial: FrozenTrial,
-        state: TrialState,
-        values: Sequence[float] | None,
-    ) -> None:
-        self.sampler.after_trial(study, trial, state, values)
-
-    def reseed_rng(self) -> None:
-        self.sampler.reseed_rng()
 
 
 class RungView:

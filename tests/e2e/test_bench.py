@@ -31,10 +31,12 @@ def test_quick_benchmark_prints_and_writes_its_tables(tmp_path):
     assert model["same_val_accuracy"] is True  # the bare fit and the tracked run trained alike
     assert model["bare_best_s"] > 0 and model["tracked_best_s"] > 0
     assert results["overhead"]["trials"] == 4
+    segments = results["segments"]  # 4 configurations of scheduler=asha, some promoted
+    assert segments["segments"] > 4 and segments["segment_cycle_seconds"] > 0
     assert [row["slots"] for row in results["throughput"]] == [1, 2]
     assert all(row["trials"] == 4 for row in results["throughput"])
     assert all(row["images_per_second_per_trial"] > 0 for row in results["throughput"])
-    for name, rows in (("models", 1), ("overhead", 1), ("throughput", 2)):
+    for name, rows in (("models", 1), ("overhead", 1), ("segments", 1), ("throughput", 2)):
         assert len(pd.read_csv(out / f"{name}.csv")) == rows
 
 
@@ -58,20 +60,23 @@ def test_quick_search_benchmark_writes_curves_summary_and_plot_and_goes_on_where
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
         return done
 
-    bench("median,asha-steps")
+    # The peer (Keras Tuner's Hyperband) beside a study, one core each.
+    bench("keras-tuner,asha-steps", "--parallel", "2")
     # The same --out with one more strategy: the two measured studies are not run again.
-    done = bench("median,asha-steps,asha")
+    done = bench("keras-tuner,asha-steps,asha-steps-stratified")
     assert "2 studies measured earlier" in done.stdout
     assert [line.split(":")[0] for line in done.stdout.splitlines() if " -m study.sweep " in line] == [
-        "asha-tpe-0"
+        "asha-steps-stratified-tpe-0"
     ]
+    assert "sampler.startup=stratified" in done.stdout
     summary = pd.read_csv(out / "summary.csv")
-    assert list(summary["strategy"]) == ["median", "asha-steps", "asha"]
-    assert list(summary["sampler"]) == ["tpe"] * 3
+    assert list(summary["strategy"]) == ["keras-tuner", "asha-steps", "asha-steps-stratified"]
+    assert list(summary["sampler"]) == ["hyperband", "tpe", "tpe"]
     curves = pd.read_csv(out / "curves.csv")
-    assert set(curves["strategy"]) <= {"median", "asha-steps", "asha"}
+    assert set(curves["strategy"]) == {"keras-tuner", "asha-steps", "asha-steps-stratified"}
     assert curves.groupby("strategy")["best_val_accuracy"].is_monotonic_increasing.all()
-    assert len(pd.read_csv(out / "studies.csv")) == 3
+    studies = pd.read_csv(out / "studies.csv")
+    assert len(studies) == 3 and (studies["configurations"] > 1).all()
     assert (out / "best_so_far.png").stat().st_size > 0
     assert "median_s_to_0.9" in done.stdout
     steps_log = (out / "logs" / "asha-steps-tpe-0.log").read_text()
@@ -93,6 +98,10 @@ def test_quick_search_benchmark_writes_curves_summary_and_plot_and_goes_on_where
         (["--first-seed", "-1"], "--first-seed: expected 0 or more, got -1"),
         (["--seeds", "0"], "--seeds: expected 1 or more, got 0"),
         (["--budget", "0"], "--budget: expected > 0 seconds, got 0"),
+        (
+            ["--strategies", "asha-steps-stratified", "--samplers", "tpe,random"],
+            "--strategies asha-steps-stratified: expected --samplers of tpe, gp, cmaes only",
+        ),
     ],
 )
 def test_search_bench_refuses_bad_arguments_in_one_line(tmp_path, arguments, expected):

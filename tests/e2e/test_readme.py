@@ -52,6 +52,11 @@ FULL_MNIST_MORE_SEEDS = (  # the same table's seeds 5 to 7 for two of its strate
     "python bench/search.py --data-path ../shared/data/mnist --budget 1300 --samplers tpe --seeds 3 "
     "--first-seed 5 --strategies asha-steps,median --parallel 2 --target 0.98 --also-target 0.99"
 )
+PEER_RACE = (  # README's race against Keras Tuner: tests/e2e/test_bench.py runs its strategies --quick
+    "python bench/search.py --data-path ../shared/data/mnist --override data.max_train_samples=10000 "
+    "--budget 300 --parallel 2 --first-rung-steps 33 --target 0.96 --also-target 0.97 --samplers tpe "
+    "--seeds 5 --strategies asha-steps,asha-steps-stratified,keras-tuner"
+)
 MEASURED_SEARCH = (  # README's table of search strategies; the test runs it --quick
     "python bench/search.py --data-path ../shared/data/mnist --override data.max_train_samples=10000 "
     "--budget 300 --parallel 2 --first-rung-steps 33 --target 0.96 --also-target 0.97"
@@ -760,6 +765,7 @@ CASES: dict[str, Case] = {
         needs_executable="taskset",
         slow=True,
     ),
+    PEER_RACE: Case(skip="tests/e2e/test_bench.py runs its three strategies --quick, side by side"),
     GPU_BENCH: Case(skip="needs a GPU and JAX's CUDA wheels: this project's CI machine has no GPU"),
     "python bench/run.py": Case(skip=f"{DOWNLOAD}: the line before it does, --quick"),
     "python bench/run.py --quick": Case(skip="tests/e2e/test_bench.py runs it and checks its tables"),
