@@ -62,11 +62,15 @@ class StratifiedStart(WrappedSampler):
         sobol = qmc.Sobol(d=len(distributions), scramble=True, seed=seed)
         self.points = sobol.random_base2(max(0, math.ceil(math.log2(n_startup_trials))))[:n_startup_trials]
         self.places: dict[int, int] = {}  # trial id -> its point (a startup configuration's)
+        self.started = False  # every point taken: later trials have later numbers, no count needed
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        place = configurations_before(study, trial)
-        if place < len(self.points) and not is_promotion(trial):
-            self.places[trial._trial_id] = place
+        if not self.started and not is_promotion(trial):
+            place = configurations_before(study, trial)
+            if place < len(self.points):
+                self.places[trial._trial_id] = place
+            else:
+                self.started = True
         super().before_trial(study, trial)
 
     def infer_relative_search_space(

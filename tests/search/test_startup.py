@@ -51,6 +51,15 @@ def test_after_the_startup_the_wrapped_sampler_decides_and_a_seed_replays():
     assert max(p["learning_rate"] for p in first[8:]) > 0.1
 
 
+def test_once_the_points_are_taken_the_study_is_no_longer_counted():
+    sampler = StratifiedStart(optuna.samplers.RandomSampler(seed=0), 2, SPACE, 0)
+    study = optuna.create_study(sampler=sampler)
+    for expected in (False, False, True):
+        study.tell(study.ask(SPACE), 0.5)
+        assert sampler.started is expected
+    assert not sampler.places
+
+
 def test_promotions_take_no_point_of_the_sequence():
     sampler = StratifiedStart(optuna.samplers.RandomSampler(seed=0), 4, SPACE, 0)
     study = optuna.create_study(sampler=sampler)
