@@ -23,6 +23,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from study.core.names import BASELINE_ATTR, MLFLOW_RUN_ATTR, STATE_TAG
+from study.search.asha import was_needed
 from tests.helpers import assert_retried, worker_pids
 
 N_TRIALS = 3
@@ -113,7 +114,8 @@ def check_invariants(tmp_path: Path, n_trials: int = N_TRIALS) -> optuna.Study:
     for run in children.values():  # a run started for a trial that never recorded it ended too
         assert run.data.tags[STATE_TAG] in ("COMPLETE", "PRUNED", "FAIL")
     board = (runs_dir / "studies" / "default" / "leaderboard.csv").read_text().splitlines()
-    assert len(board) == 1 + len(trials)
+    # A trial asked while the others already reach n_trials ends at once, "not needed": no row.
+    assert len(board) == 1 + len([trial for trial in trials if was_needed(trial)])
     assert not worker_pids(tmp_path), "no worker outlives its driver"
     return study
 
