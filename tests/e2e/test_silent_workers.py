@@ -41,6 +41,7 @@ DRIVER_POLL_SECONDS = 1.0
 SLACK_SECONDS = 4.0
 N_TRIALS = 4
 EPOCHS = 8
+BATCH_SIZE = 2
 ASHA = ["scheduler=asha", "scheduler.reduction_factor=2", "study.n_trials=3"]  # rungs 2, 4, 8
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -72,6 +73,9 @@ def overrides_for(sweep_setup, stores, name: str, scheduler: list[str]) -> tuple
         f"study.heartbeat_interval={HEARTBEAT_SECONDS}",
         "pruner=none",
         f"trainer.epochs={EPOCHS}",
+        # 150 steps an epoch, about half a second: the moments these tests catch (a trial's
+        # last epochs, a promotion's) last long enough for a poll of the store to see them.
+        f"trainer.batch_size={BATCH_SIZE}",
         *(scheduler or [f"study.n_trials={N_TRIALS}"]),
     ]
 
@@ -88,11 +92,15 @@ def state_of(storage: str, name: str, number: int) -> TrialState | None:
     return trials[number].state if number < len(trials) else None
 
 
+class SweepEnded(AssertionError):
+    """The sweep ended before the moment a test waited for."""
+
+
 def poll(condition, timeout: float = 240.0, interval: float = 0.2, driver: subprocess.Popen | None = None):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if driver is not None and driver.poll() is not None:
-            raise AssertionError(f"the sweep ended first: {driver.stdout.read()[-3000:]}")
+            raise SweepEnded(f"the sweep ended first: {driver.stdout.read()[-3000:]}")
         found = condition()
         if found:
             return found
@@ -119,11 +127,15 @@ def training_trial(storage: str, name: str, last: bool) -> FrozenTrial | None:
 def freeze_wake_and_finish(tmp_path, overrides, storage, name, last=False):
     """SIGSTOP the worker of a training trial, wait for its failure and its retry, SIGCONT.
     Returns (the frozen trial, seconds until it was failed, the sweep's output), or None when
-    the trial finished between the look and the signal (then nothing was frozen)."""
+    the trial finished between the look and the signal, or the sweep before any look found it
+    (then nothing was frozen)."""
     driver = start_sweep(overrides, tmp_path)
     try:
         wait_for_workers(tmp_path, name, driver)
-        frozen = poll(lambda: training_trial(storage, name, last), interval=0.05, driver=driver)
+        try:
+            frozen = poll(lambda: training_trial(storage, name, last), interval=0.05, driver=driver)
+        except SweepEnded:
+            return None
         pid = int(frozen.user_attrs[WORKER_ATTR].rpartition(":")[2])
         os.kill(pid, signal.SIGSTOP)
         stopped = time.time()
