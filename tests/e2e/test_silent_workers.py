@@ -219,23 +219,28 @@ def test_a_frozen_worker_loses_its_trial_and_writes_nothing_when_woken(sweep_set
     check_woken_worker_went_on(tmp_path, output, frozen)
 
 
-def test_a_frozen_asha_worker_never_writes_into_the_run_its_retry_trains(sweep_setup, stores):
-    """Under scheduler=asha a promotion trains on in its configuration's run: the retry of a
-    frozen promotion and the woken worker would write into one run."""
-    storage, server = stores
-    name = "frozen-asha"
-    tmp_path, overrides = overrides_for(sweep_setup, stores, name, ASHA)
+def freeze_a_promotion(tmp_path, overrides, storage, name):
+    """SIGSTOP the worker of a promotion while it trains, SIGCONT once its retry trains in the
+    same run. Returns (the frozen trial, the sweep's output), or None when the promotion ended
+    between the look and the signal, or the sweep before any look found one."""
+    driver = start_sweep(overrides, tmp_path)
 
     def frozen_promotion():
         trial = training_trial(storage, name, last=False)
         return trial if trial is not None and asha.is_promotion(trial) else None
 
-    driver = start_sweep(overrides, tmp_path)
     try:
         wait_for_workers(tmp_path, name, driver)
-        frozen = poll(frozen_promotion, interval=0.05, driver=driver)
+        try:
+            frozen = poll(frozen_promotion, interval=0.05, driver=driver)
+        except SweepEnded:
+            return None
         pid = int(frozen.user_attrs[WORKER_ATTR].rpartition(":")[2])
         os.kill(pid, signal.SIGSTOP)
+        if state_of(storage, name, frozen.number) != TrialState.RUNNING:
+            os.kill(pid, signal.SIGCONT)
+            driver.communicate(timeout=600)
+            return None
         poll(lambda: state_of(storage, name, frozen.number) == TrialState.FAIL, interval=0.1)
         retry = poll(lambda: retry_of(trials_of(storage, name), frozen.number), interval=0.2)
         poll(lambda: state_of(storage, name, retry.number) not in (None, TrialState.WAITING), interval=0.2)
@@ -245,6 +250,20 @@ def test_a_frozen_asha_worker_never_writes_into_the_run_its_retry_trains(sweep_s
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
     assert driver.returncode == 0, output[-3000:]
+    return frozen, output
+
+
+def test_a_frozen_asha_worker_never_writes_into_the_run_its_retry_trains(sweep_setup, stores):
+    """Under scheduler=asha a promotion trains on in its configuration's run: the retry of a
+    frozen promotion and the woken worker would write into one run."""
+    storage, server = stores
+    for attempt in range(3):  # a promotion may end in the instant between the look and SIGSTOP
+        name = f"frozen-asha-{attempt}"
+        tmp_path, overrides = overrides_for(sweep_setup, stores, name, ASHA)
+        frozen_and_woken = freeze_a_promotion(tmp_path, overrides, storage, name)
+        if frozen_and_woken is not None:
+            break
+    frozen, output = frozen_and_woken
 
     trials = check_invariants(storage, name, server, 3)
     client = MlflowClient(tracking_uri=server.url)
