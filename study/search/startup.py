@@ -12,7 +12,6 @@ wrapped sampler decides as before.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,7 @@ from optuna.distributions import (
     FloatDistribution,
     IntDistribution,
 )
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from study.search.asha import is_promotion
 from study.search.wrapped import WrappedSampler
@@ -65,6 +64,7 @@ class StratifiedStart(WrappedSampler):
         self.started = False  # every point taken: later trials have later numbers, no count needed
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.places.clear()  # a worker runs one trial at a time: the last one has ended
         if not self.started and not is_promotion(trial):
             place = configurations_before(study, trial)
             if place < len(self.points):
@@ -94,16 +94,6 @@ class StratifiedStart(WrappedSampler):
         if place is None or param_name not in self.dimensions:
             return self.sampler.sample_independent(study, trial, param_name, param_distribution)
         return from_unit(self.points[place][self.dimensions[param_name]], param_distribution)
-
-    def after_trial(
-        self,
-        study: optuna.Study,
-        trial: FrozenTrial,
-        state: TrialState,
-        values: Sequence[float] | None,
-    ) -> None:
-        self.places.pop(trial._trial_id, None)
-        super().after_trial(study, trial, state, values)
 
 
 def configurations_before(study: optuna.Study, trial: FrozenTrial) -> int:
