@@ -21,6 +21,7 @@ from study.training.data import load_dataset
 from study.training.fit import run_inputs
 from study.training.models import build_model
 from study.training.optimizers import build_optimizer
+from study.training.run import accuracy_metric, build_optimizer_state
 
 from common import main_overrides, print_result, train_config
 
@@ -36,10 +37,11 @@ def bare_fit(cfg, dataset) -> dict:
     model.compile(
         optimizer=build_optimizer(cfg.optimizer),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
+        metrics=[accuracy_metric()],
         steps_per_execution=trainer.steps_per_execution,
         jit_compile=trainer.jit_compile,
     )
+    build_optimizer_state(model)  # as study.train does: Keras traces the train step once
     # Fed as study.train feeds a run (the data order, and dropout's stream per epoch), so the
     # numbers compare exactly; without its pipeline Keras' own waits for an autotuning thread.
     inputs, reseed = run_inputs(model, dataset, trainer, trainer.epochs)

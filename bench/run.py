@@ -1,6 +1,7 @@
 """The benchmark: how fast are tracked runs and trials, side by side with bare Keras.
 
-    python bench/run.py --data-path ../shared/data/mnist            # about 13 min on 2 CPU cores
+    python bench/run.py --data-path ../shared/data/mnist            # about 15 min on 2 CPU cores
+    python bench/run.py --data-path ../shared/data/mnist --tables segments   # that table alone
     KERAS_BACKEND=jax python bench/run.py --data-path ... --gpu 0 --slots 1,2,4,8 \\
         --throughput-model cnn --override trainer.steps_per_execution=50
 
@@ -12,8 +13,9 @@ Three measurements, each side by side in the same run:
 2. Fixed overhead per trial: a sweep of trials so small that training is negligible (digits,
    softmax, one epoch) with one worker; the time from one trial's start to the next, minus
    the bare fit of the same training (repeated in one process, as a worker would). The same
-   per segment of scheduler=asha with rungs in optimizer steps (a first rung of 4 steps, a
-   third of a digits epoch, then 12 and 36): new configurations and promotions apart.
+   per segment of scheduler=asha with rungs in optimizer steps, new configurations and
+   promotions apart: softmax on digits (rungs of 4, 12, 36 steps) and the Deep-MNIST CNN on
+   the bench's data (10, 30, 90 steps), minus the steps' own time from bare fits at two sizes.
 3. Sweep throughput: one fixed small study run with 1 and n workers (CPU cores), or with 1..k
    trials sharing one GPU (--gpu, --slots): trials per hour.
 
@@ -31,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -67,11 +70,18 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--override", action="append", default=[], help="a config override for every run (repeatable)"
     )
+    parser.add_argument(
+        "--tables", default=",".join(TABLES), help="which tables to measure (default: %(default)s)"
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run: digits data, 1 round, few trials")
     parser.add_argument("--out", type=Path, help="results folder (default: runs/bench/<time>)")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.overhead_trials, args.throughput_trials = 1, 4, 4
+    args.tables = [name for name in args.tables.split(",") if name]
+    unknown = [name for name in args.tables if name not in TABLES]
+    if unknown or not args.tables:
+        parser.error(f"--tables: expected some of {', '.join(TABLES)}, got {','.join(unknown) or 'none'}")
     if args.overhead_trials < 3:
         parser.error("--overhead-trials: expected 3 or more (the first trial is left out)")
     if args.rounds < 1:
@@ -219,33 +229,91 @@ def measure_overhead(args: argparse.Namespace) -> dict:
     }
 
 
-SEGMENTS = ("scheduler=asha", "scheduler.resource_unit=steps", "scheduler.min_resource=4")
+SEGMENT_BATCH = 50  # the bare fits' sizes are steps x this
 
 
-def measure_segments(args: argparse.Namespace, bare_seconds: float) -> dict:
-    """Table 2, second part: the same cost per segment of scheduler=asha (rungs of 4, 12 and 36
-    steps of digits): each segment builds or reloads its model, traces it, validates, saves
-    checkpoints and opens or resumes its MLflow run; its steps take milliseconds."""
-    training = ["data=digits", "model=softmax", "trainer.epochs=3"]
-    name = "bench-segments"
-    overrides = [*training, *sweep_overrides(args, name, args.overhead_trials, SEGMENTS)]
-    _, study = run_sweep(args, overrides, name)
+@dataclass(frozen=True)
+class SegmentCase:
+    """A study of scheduler=asha in optimizer steps whose segments are timed: rungs of
+    `first_rung`, 3x and 9x that many steps of `model` on `data`."""
+
+    model: str
+    data: tuple[str, ...]
+    first_rung: int
+    trials: int
+
+
+def segment_cases(args: argparse.Namespace) -> list[SegmentCase]:
+    """Softmax on digits (a segment's steps take milliseconds: what is left is its fixed cost),
+    and, but for --quick, the Deep-MNIST CNN on the bench's data."""
+    cases = [SegmentCase("softmax", ("data=digits",), 4, args.overhead_trials)]
+    if not args.quick:
+        cases.append(SegmentCase("cnn", tuple(data_overrides(args)), 10, 9))
+    return cases
+
+
+def measure_segments(args: argparse.Namespace) -> list[dict]:
+    """Table 2, second part: the fixed cost of a segment of scheduler=asha, new configurations
+    and promotions apart. Each segment builds or reloads its model, traces it, trains its steps,
+    validates, saves its checkpoints and opens or resumes its MLflow run; a bare fit of the same
+    model at two sizes gives the cost of a step, and what a bare fit pays besides its steps."""
+    return [measure_segment_case(args, case) for case in segment_cases(args)]
+
+
+def measure_segment_case(args: argparse.Namespace, case: SegmentCase) -> dict:
+    training = [*case.data, f"model={case.model}", f"trainer.batch_size={SEGMENT_BATCH}"]
+    step_seconds, bare_fixed, device = bare_step_costs(args, case, training)
+    training.append("trainer.epochs=3")
+    name = f"bench-segments-{case.model}"
+    rungs = ("scheduler=asha", "scheduler.resource_unit=steps", f"scheduler.min_resource={case.first_rung}")
+    _, study = run_sweep(args, [*training, *sweep_overrides(args, name, case.trials, rungs)], name)
+    # The first segment of a worker pays its one-time costs (first trace, first store access).
     trials = sorted(study.get_trials(deepcopy=False), key=lambda trial: trial.datetime_start)[1:]
     starts = [trial.datetime_start.timestamp() for trial in trials]
-    cycles = {
-        trial.number: later - earlier
-        for trial, (earlier, later) in zip(trials[:-1], itertools.pairwise(starts), strict=True)
-    }
-    promotions = [cycles[t.number] for t in trials if t.number in cycles and CONFIG_ATTR in t.user_attrs]
-    firsts = [cycles[t.number] for t in trials if t.number in cycles and CONFIG_ATTR not in t.user_attrs]
+    cycles = [later - earlier for earlier, later in itertools.pairwise(starts)]
+    fixed = [
+        cycle - segment_steps(trial) * step_seconds for trial, cycle in zip(trials, cycles, strict=False)
+    ]
+    promoted = [CONFIG_ATTR in trial.user_attrs for trial in trials[: len(cycles)]]
+    firsts = [seconds for seconds, promotion in zip(fixed, promoted, strict=True) if not promotion]
+    promotions = [seconds for seconds, promotion in zip(fixed, promoted, strict=True) if promotion]
     return {
+        "model": case.model,
+        "data": " ".join(case.data),
+        "rungs_steps": f"{case.first_rung}, {3 * case.first_rung}, {9 * case.first_rung}",
         "segments": len(trials) + 1,
-        "promotions": len(promotions),
-        "first_segment_cycle_seconds": statistics.median(firsts) if firsts else None,
-        "promotion_cycle_seconds": statistics.median(promotions) if promotions else None,
-        "segment_cycle_seconds": statistics.median(cycles.values()),
-        "fixed_overhead_seconds": statistics.median(cycles.values()) - bare_seconds,
+        "promotions": sum(promoted),
+        "segment_cycle_seconds": statistics.median(cycles),
+        "step_seconds": step_seconds,
+        "fixed_seconds_new": statistics.median(firsts) if firsts else None,
+        "fixed_seconds_promotion": statistics.median(promotions) if promotions else None,
+        "fixed_seconds": statistics.median(fixed),
+        "bare_fit_fixed_seconds": bare_fixed,
+        "fixed_overhead_seconds": statistics.median(fixed) - bare_fixed,
+        "device": device,
     }
+
+
+def bare_step_costs(
+    args: argparse.Namespace, case: SegmentCase, training: list[str]
+) -> tuple[float, float, str]:
+    """(seconds per optimizer step, seconds of a bare fit besides its steps: build, trace and
+    validation, the device) from bare 1-epoch fits of `first_rung` and 3x that many steps."""
+    seconds = {}
+    for steps in (case.first_rung, 3 * case.first_rung):
+        size = f"data.max_train_samples={steps * SEGMENT_BATCH}"
+        sized = [*training, "trainer.epochs=1", size, "trainer.verbose=0"]
+        result = run_script(args, "bare_fit.py", [*sized, *args.override], repeat=4)
+        seconds[steps] = steady_median(result["seconds"])
+    step_seconds = max(0.0, (seconds[3 * case.first_rung] - seconds[case.first_rung]) / (2 * case.first_rung))
+    return step_seconds, seconds[case.first_rung] - case.first_rung * step_seconds, result["device"]
+
+
+def segment_steps(trial: optuna.trial.FrozenTrial) -> int:
+    """Optimizer steps a segment trained: to its rung from the rung below (3x fewer steps), or
+    from step 0 for a new configuration."""
+    stop = max(trial.intermediate_values, default=0)
+    return stop - stop // 3 if CONFIG_ATTR in trial.user_attrs else stop
 
 
 def measure_throughput(args: argparse.Namespace) -> list[dict]:
@@ -301,7 +369,7 @@ def images_per_second(args: argparse.Namespace, trials: list) -> float:
 TABLES = {
     "models": "Tracked run against bare keras.Model.fit",
     "overhead": "Fixed overhead per trial (digits, softmax, 1 epoch, 1 worker)",
-    "segments": "Fixed overhead per segment (scheduler=asha, rungs of 4, 12, 36 steps; digits, softmax)",
+    "segments": "Fixed cost per segment (scheduler=asha in optimizer steps, 1 worker)",
     "throughput": "Sweep throughput",
 }
 
@@ -317,6 +385,8 @@ def save(args: argparse.Namespace, results: dict) -> None:
 
 def print_tables(args: argparse.Namespace, results: dict) -> None:
     for name, title in TABLES.items():
+        if not results.get(name):
+            continue
         frame = pd.read_csv(args.out / f"{name}.csv")
         table = tabulate(frame, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f")
         print(f"\n{title}\n{table}")
@@ -329,20 +399,28 @@ def main(argv: list[str] | None = None) -> None:
     print(f"benchmark results go to {args.out}", flush=True)
     prepare_stores(args)
     results = {"machine": "", "arguments": {key: str(value) for key, value in vars(args).items()}}
-    results["models"] = compare_models(args)
-    results["machine"] = (
-        f"{results['models'][0]['device']}, {usable_cores()} cores, "
+    measures = {
+        "models": compare_models,
+        "overhead": measure_overhead,
+        "segments": measure_segments,
+        "throughput": measure_throughput,
+    }
+    for name in args.tables:
+        results[name] = measures[name](args)
+        results["machine"] = machine(args, results)
+        save(args, results)
+    print_tables(args, results)
+
+
+def machine(args: argparse.Namespace, results: dict) -> str:
+    """The device the bare fits reported (the bench process itself never imports the backend)."""
+    rows = [row for name in ("models", "segments") for row in results.get(name) or []]
+    device = rows[0]["device"] if rows else "device: see the runs' tags"
+    return (
+        f"{device}, {usable_cores()} cores, "
         f"Keras backend {os.environ.get('KERAS_BACKEND', 'tensorflow')}, "
         f"overrides: {' '.join(args.override) or 'none'}"
     )
-    save(args, results)
-    results["overhead"] = measure_overhead(args)
-    save(args, results)
-    results["segments"] = measure_segments(args, results["overhead"]["bare_fit_seconds"])
-    save(args, results)
-    results["throughput"] = measure_throughput(args)
-    save(args, results)
-    print_tables(args, results)
 
 
 if __name__ == "__main__":

@@ -256,6 +256,28 @@ def test_mixed_float16_scales_the_loss(make_config):
     assert keras.config.dtype_policy().name == "float32"
 
 
+def traces_of_one_epoch(model: keras.Model, dataset) -> int:
+    """How often Keras traced the model's train step (its Python code runs once per trace)."""
+    traced = []
+    train_step = model.train_step
+    model.train_step = lambda data: traced.append(1) or train_step(data)
+    model.fit(dataset.x_train[:64], dataset.y_train[:64], batch_size=32, epochs=1, verbose=0)
+    return len(traced)
+
+
+def test_the_train_step_is_traced_once_for_a_new_and_for_a_resumed_model(make_config, tmp_path):
+    """The accuracy metric and the optimizer's slots exist before the first step is traced: a
+    variable made while tracing makes TensorFlow trace the step again (a second of every CNN
+    segment on a CPU). A checkpoint keeps both, so a resumed segment traces once too."""
+    cfg = checked_config(make_config("optimizer=adam"))
+    dataset = load_dataset(cfg.data, cfg.trainer.seed)
+    model = compile_model(cfg, dataset)
+    assert traces_of_one_epoch(model, dataset) == 1
+    model.save(tmp_path / "last.keras")
+    keras.backend.clear_session()
+    assert traces_of_one_epoch(keras.saving.load_model(tmp_path / "last.keras"), dataset) == 1
+
+
 ASYNC_CHECK = """
 import keras
 from study.training.callbacks import BestCheckpoint, EpochMetrics
