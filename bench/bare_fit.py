@@ -19,9 +19,7 @@ import keras
 from study.training import backend
 from study.training.data import load_dataset
 from study.training.fit import run_inputs
-from study.training.models import build_model
-from study.training.optimizers import build_optimizer
-from study.training.run import accuracy_metric, build_optimizer_state
+from study.training.run import compile_model
 
 from common import main_overrides, print_result, train_config
 
@@ -32,16 +30,7 @@ def bare_fit(cfg, dataset) -> dict:
     # The seeding study.train does (TensorFlow's deterministic kernels too), so both runs train
     # the same numbers and their validation accuracies can be compared exactly.
     backend.seed_everything(trainer.seed)
-    keras.config.set_dtype_policy(trainer.precision)
-    model = build_model(cfg.model, dataset.image_shape, dataset.num_classes)
-    model.compile(
-        optimizer=build_optimizer(cfg.optimizer),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[accuracy_metric()],
-        steps_per_execution=trainer.steps_per_execution,
-        jit_compile=trainer.jit_compile,
-    )
-    build_optimizer_state(model)  # as study.train does: Keras traces the train step once
+    model = compile_model(cfg, dataset)  # the model, optimizer and metric study.train compiles
     # Fed as study.train feeds a run (the data order, and dropout's stream per epoch), so the
     # numbers compare exactly; without its pipeline Keras' own waits for an autotuning thread.
     inputs, reseed = run_inputs(model, dataset, trainer, trainer.epochs)

@@ -149,7 +149,7 @@ def compile_model(cfg: DictConfig, dataset: Dataset) -> keras.Model:
 def accuracy_metric() -> keras.metrics.Metric:
     """What metrics=["accuracy"] becomes for integer labels, made now rather than in the first
     train step: a variable made while Keras traces the step makes TensorFlow trace it twice
-    (about a second of every CNN segment of scheduler=asha on a CPU)."""
+    (about half a second of every CNN segment of scheduler=asha on a CPU)."""
     import keras
 
     return keras.metrics.SparseCategoricalAccuracy(name="accuracy")

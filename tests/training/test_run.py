@@ -267,8 +267,8 @@ def traces_of_one_epoch(model: keras.Model, dataset) -> int:
 
 def test_the_train_step_is_traced_once_for_a_new_and_for_a_resumed_model(make_config, tmp_path):
     """The accuracy metric and the optimizer's slots exist before the first step is traced: a
-    variable made while tracing makes TensorFlow trace the step again (a second of every CNN
-    segment on a CPU). A checkpoint keeps both, so a resumed segment traces once too."""
+    variable made while tracing makes TensorFlow trace the step again (half a second of every
+    CNN segment on a CPU). A checkpoint keeps both, so a resumed segment traces once too."""
     cfg = checked_config(make_config("optimizer=adam"))
     dataset = load_dataset(cfg.data, cfg.trainer.seed)
     model = compile_model(cfg, dataset)
