@@ -92,7 +92,8 @@ class TrialObjective:
                 trial.set_user_attr(WORKER_ATTR, self.fence.owner)  # first: who owns this trial
             finally:
                 self.signals.release()  # held since before study.ask(); a signal now raises here
-            value = self._run(trial)
+            with self._stop_kept():
+                value = self._run(trial)
             self.fence.check()  # Optuna tells the trial next: only while it is this worker's
             return value
         except KeyboardInterrupt:
@@ -113,6 +114,11 @@ class TrialObjective:
             trial.set_user_attr(FAIL_REASON_ATTR, short_error(error))
             log.exception("trial %d failed: %s", trial.number, short_error(error))
             raise
+
+    def _stop_kept(self):
+        """Errors while the worker stops are the stop's: decisions (pruned, not needed, lost)
+        stay what they are."""
+        return self.signals.stop_kept(keep=(optuna.TrialPruned, NotNeeded, TrialLost))
 
     def lost(self) -> str | None:
         """Why the current trial is no longer this worker's; None while it is."""
@@ -137,21 +143,27 @@ class TrialObjective:
             raise NotNeeded(reason)
         sampled = self.space.sample(trial, self.base)
         promotion, stop, config = self._rung(trial, frozen, trials)
-        with self._open_run(trial, frozen, trials, config, sampled) as tracker:
+        # The run sees the interrupt that a store call turned into its error: it ends KILLED.
+        with self._open_run(trial, frozen, trials, config, sampled) as tracker, self._stop_kept():
             logdir = self.study_dir / "tensorboard" / f"trial_{config:04d}"
             if config == trial.number:  # a new configuration (a promotion continues its run)
                 trial.set_user_attr(MLFLOW_RUN_ATTR, tracker.run_id)
                 write_hparams(logdir, trial.params, trial_id=f"trial_{trial.number:04d}")
             cfg = self.compose([*as_overrides(sampled), *self._budget(stop)])
             keras.backend.clear_session()  # each trial builds its model in a fresh graph
-            metrics = train(
-                cfg,
-                on_epoch_end=self._reporter(trial, self.fence),
-                tracker=tracker,
-                tensorboard_dir=logdir,
-                evaluate_test=False,  # the study's winner alone meets the test set, at the end
-                resume=promotion,  # from the checkpoint the configuration's last rung left
-            )
+            try:
+                metrics = train(
+                    cfg,
+                    on_epoch_end=self._reporter(trial, self.fence),
+                    tracker=tracker,
+                    tensorboard_dir=logdir,
+                    evaluate_test=False,  # the study's winner alone meets the test set, at the end
+                    resume=promotion,  # from the checkpoint the configuration's last rung left
+                )
+            finally:
+                # Training is over: the run's end and Optuna's tell must agree, so a signal from
+                # here waits for the tell (the worker loop releases it after study.optimize).
+                self.signals.hold()
             if stop is not None:
                 tracker.set_tags({RUNG_TAG: str(trial.user_attrs[asha.RUNG_ATTR])})
         value = metrics["best_val_accuracy"]

@@ -6,12 +6,20 @@
   interrupt was swallowed by a library callback, or clean-up hangs on an unreachable store),
   the process ends itself. Its trial is then failed and retried by the driver or by any
   other worker, like the trial of a killed worker.
-- `hold()`/`release()` mark the few lines between `study.ask()` and recording the trial's owner:
-  a signal there is acted on right after them, so no trial exists without an owner.
+- Inside `stop_kept()`, an error raised once the worker is stopping is the interrupt: a signal
+  that lands inside a store call can come out as that call's error (psycopg2 cancels the
+  statement, Optuna raises StorageInternalError), and the trial would be failed for good
+  instead of retried.
+- `hold()`/`release()` mark the lines where a stop would leave the stores disagreeing: from
+  `study.ask()` to recording the trial's owner (else a trial without an owner), and from the
+  end of training to Optuna's tell (else a run ended COMPLETE beside a trial failed and
+  trained again). A signal there is acted on at `release()`; the watchdog starts at once, so
+  the process still ends within seconds if the held lines hang on an unreachable store.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -36,27 +44,37 @@ class WorkerSignals:
     def _handle(self, signum, frame) -> None:
         if self.stopping:
             return  # already stopping: let the clean-up finish (the watchdog bounds it)
-        if self._deferring:
-            self._pending = True
-            return
-        self._stop()
-
-    def _stop(self) -> None:
         self.stopping = True
         watchdog = threading.Timer(self.grace_seconds, os._exit, args=(EXIT_CODE,))
         watchdog.daemon = True
         watchdog.start()
+        if self._deferring:
+            self._pending = True  # raised by release()
+            return
         raise KeyboardInterrupt
 
     def hold(self) -> None:
-        """Defer signals until `release`: the window from `study.ask()` (inside Optuna's
-        optimize) to the objective recording the trial's owner spans two functions."""
+        """Defer the interrupt until `release`: each held window spans functions of Optuna's
+        and ours (ask ... owner recorded, training's end ... tell)."""
         self._deferring = True
 
     def release(self) -> None:
         if not self._deferring:
             return
         self._deferring = False
-        if self._pending and not self.stopping:
+        if self._pending:
             self._pending = False
-            self._stop()
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def stop_kept(self, keep: tuple[type[BaseException], ...] = ()):
+        """Raise KeyboardInterrupt for an error (other than those in `keep`) raised while
+        stopping: the stop, not a fault of the trial's."""
+        try:
+            yield
+        except keep:
+            raise
+        except Exception as error:
+            if self.stopping:
+                raise KeyboardInterrupt from error
+            raise

@@ -100,7 +100,7 @@ def run_worker(spec: WorkerSpec, signals: WorkerSignals) -> int:
                     raise
                 log.warning("%s; this worker goes on to the next trial", objective.lost())
             finally:
-                signals.release()
+                signals.release()  # the objective's hold from training's end to the tell
             objective.current = None  # told: nothing of this worker's is left to clean up
     except (Interrupted, KeyboardInterrupt):
         fail_interrupted_trial(study, objective.current, settings, base)

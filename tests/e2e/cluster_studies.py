@@ -49,6 +49,12 @@ def training(storage: str, name: str) -> list[FrozenTrial]:
     return [t for t in trials_of(storage, name) if t.state == TrialState.RUNNING and t.intermediate_values]
 
 
+def early_in_training(storage: str, name: str) -> FrozenTrial | None:
+    """A trial at most 5 epochs in: seconds of training left, so a signal or a kill sent now
+    finds it still training (one nearer its end could finish first, and nothing be lost)."""
+    return next((t for t in training(storage, name) if len(t.intermediate_values) <= 5), None)
+
+
 def check_finished_study(storage: str, name: str, server: TrackingServer, n_trials: int) -> list[FrozenTrial]:
     """Exactly n_trials done, nothing RUNNING, one parent run (FINISHED), run states match."""
     trials = trials_of(storage, name)
@@ -62,7 +68,8 @@ def check_finished_study(storage: str, name: str, server: TrackingServer, n_tria
     by_run = {t.user_attrs[MLFLOW_RUN_ATTR]: t for t in trials if MLFLOW_RUN_ATTR in t.user_attrs}
     for run in runs:
         if run.info.run_id in by_run:
-            assert run.data.tags[STATE_TAG] == by_run[run.info.run_id].state.name
+            trial = by_run[run.info.run_id]
+            assert run.data.tags[STATE_TAG] == trial.state.name, (trial.number, trial.user_attrs, run.info)
     return trials
 
 
@@ -77,10 +84,19 @@ def assert_lost_trials_retried(trials: list[FrozenTrial]) -> list[int]:
 
 
 def assert_retried(trials: list[FrozenTrial], number: int) -> None:
-    """Trial `number` failed, and its retry (same parameters) is done."""
-    assert trials[number].state == TrialState.FAIL
-    retry = next(t for t in trials if t.system_attrs.get(RETRY_FAILED_TRIAL_ATTR) == number)
-    assert retry.state in DONE and retry.params == trials[number].params
+    """Trial `number` failed, and exactly one retry of it is done, with its parameters. A retry
+    can be lost too (a task cancelled twice): Optuna's retry of a retry points back at the first
+    trial, so the done one is found among the first trial's retries that came after `number`."""
+    lost = trials[number]
+    assert lost.state == TrialState.FAIL
+    first = lost.system_attrs.get(RETRY_FAILED_TRIAL_ATTR, number)
+    later = [t for t in trials if t.number > number and t.system_attrs.get(RETRY_FAILED_TRIAL_ATTR) == first]
+    done = [t for t in later if t.state in DONE]
+    assert len(done) == 1, [(t.number, t.state.name) for t in later]
+    # A trial lost before it sampled holds an enqueued point as fixed_params, or none at all.
+    expected = lost.params or lost.system_attrs.get("fixed_params")
+    if expected:
+        assert done[0].params == expected, (done[0].params, expected)
 
 
 def cluster_overrides(

@@ -27,6 +27,7 @@ from tests.e2e.cluster_studies import (
     assert_lost_trials_retried,
     check_finished_study,
     cluster_overrides,
+    early_in_training,
     start_sweep,
     training,
 )
@@ -73,7 +74,7 @@ def test_a_study_on_two_nodes_survives_the_loss_of_a_node_mid_trial(ray_study):
     nodes = [cluster.add_node(**NODE), cluster.add_node(**NODE)]
     try:
         driver = start_sweep([*overrides, f"study.name={name}", f"launcher.address={cluster.address}"], cwd)
-        victim = wait_for(lambda: next(iter(training(storage, name)), None), timeout=240, interval=0.2)
+        victim = wait_for(lambda: early_in_training(storage, name), timeout=240, interval=0.2)
         # The worker process's parent is its actor, whose parent is its node's raylet.
         raylet = parent_pid(parent_pid(int(victim.user_attrs[WORKER_ATTR].rpartition(":")[2])))
         node = next(n for n in nodes if n.all_processes["raylet"][0].process.pid == raylet)

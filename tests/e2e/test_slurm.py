@@ -31,6 +31,7 @@ from tests.e2e.cluster_studies import (
     assert_lost_trials_retried,
     check_finished_study,
     cluster_overrides,
+    early_in_training,
     start_sweep,
     training,
 )
@@ -97,7 +98,7 @@ def test_tasks_get_their_gpus_a_detached_or_killed_driver_leaves_them_finishing_
     os.killpg(second.pid, signal.SIGKILL)  # the driver dies: the tasks finish the study alone
     second.wait()
     # Slurm's warning before a time limit (or a preemption): what submitit asks for with --signal.
-    warned = wait_for(lambda: next(iter(training(storage, name)), None), timeout=120, interval=0.2)
+    warned = wait_for(lambda: early_in_training(storage, name), timeout=120, interval=0.2)
     warned_task = task_of(warned)
     subprocess.run(["scancel", "--signal=USR2", warned_task], check=True)
     wait_for(lambda: not queued(name), timeout=400, interval=2)
