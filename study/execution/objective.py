@@ -154,7 +154,7 @@ class TrialObjective:
             try:
                 metrics = train(
                     cfg,
-                    on_epoch_end=self._reporter(trial, self.fence),
+                    on_epoch_end=self._reporter(trial, self.fence, self.signals),
                     tracker=tracker,
                     tensorboard_dir=logdir,
                     evaluate_test=False,  # the study's winner alone meets the test set, at the end
@@ -229,8 +229,10 @@ class TrialObjective:
         return tags
 
     @staticmethod
-    def _reporter(trial: optuna.Trial, fence: TrialFence):
+    def _reporter(trial: optuna.Trial, fence: TrialFence, signals: WorkerSignals):
         def report(epoch: int, metrics: dict[str, float]) -> None:
+            if signals.stopping:  # the interrupt was swallowed (a store call it cut was retried)
+                raise KeyboardInterrupt
             fence.check()
             trial.report(metrics["val_accuracy"], step=epoch)
             if trial.should_prune():

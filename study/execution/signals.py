@@ -2,6 +2,8 @@
 
 - The first signal raises KeyboardInterrupt in the main thread, so the trial's run ends
   KILLED and the worker exits; later signals do not cut that clean-up short.
+- A trial's next epoch end raises it again if a library swallowed it (a store call the
+  signal cut, then retried): the objective checks `stopping` there.
 - It also starts a watchdog: if the process has not exited `EXIT_GRACE_SECONDS` later (the
   interrupt was swallowed by a library callback, or clean-up hangs on an unreachable store),
   the process ends itself. Its trial is then failed and retried by the driver or by any

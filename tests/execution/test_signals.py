@@ -1,7 +1,8 @@
 """A worker's signals, in a real process signalled as a driver, Slurm or a user signals it: a
 signal inside a held window (training's end to Optuna's tell) is raised at its release, and
 the watchdog still ends a process whose held window never ends; an error raised while the
-worker stops (a store call the signal cut) is the interrupt."""
+worker stops (a store call the signal cut) is the interrupt, and a stop that a library
+swallowed is raised again at the next epoch end."""
 
 from __future__ import annotations
 
@@ -80,3 +81,13 @@ def test_an_error_raised_while_stopping_is_the_interrupt_and_decisions_stay_deci
     assert interrupt.value.__cause__ is cut
     with pytest.raises(optuna.TrialPruned), signals.stop_kept(keep=(optuna.TrialPruned,)):
         raise optuna.TrialPruned("pruned after epoch 1")
+
+
+def test_a_stop_that_a_library_swallowed_is_raised_again_at_the_next_epoch_end():
+    from study.execution.objective import TrialObjective
+
+    signals = WorkerSignals()
+    signals.stopping = True  # the signal came, its KeyboardInterrupt went into a retried store call
+    report = TrialObjective._reporter(trial=None, fence=None, signals=signals)
+    with pytest.raises(KeyboardInterrupt):
+        report(3, {"val_accuracy": 0.9})
