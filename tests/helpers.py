@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 from omegaconf import DictConfig
 from optuna.storages import RetryHeartbeatStaleTrialCallback
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from study.config.checks import checked_config
 from study.config.schema import CONFIG_DIR
@@ -193,12 +193,17 @@ def worker_pids(tmp_path: Path) -> list[int]:
     return pids
 
 
+def point_of(trial: FrozenTrial) -> dict:
+    """The point a trial tries: its params, or the enqueued ones it had not sampled yet (a
+    trial lost before it sampled, or a retry still WAITING, holds them as fixed_params)."""
+    return trial.params or trial.system_attrs.get("fixed_params") or {}
+
+
 def assert_retried(study: optuna.Study, number: int) -> None:
     trials = study.get_trials()
     assert trials[number].state == TrialState.FAIL
     retries = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == number]
     assert len(retries) == 1
-    # The same point again: the killed trial's params, or the enqueued ones it had not sampled yet.
-    expected = trials[number].system_attrs.get("fixed_params") or trials[number].params
-    if expected:  # a retry still WAITING holds its params as fixed_params
-        assert (retries[0].params or retries[0].system_attrs.get("fixed_params")) == expected
+    expected = point_of(trials[number])  # the same point again
+    if expected:
+        assert point_of(retries[0]) == expected

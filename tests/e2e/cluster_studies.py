@@ -20,7 +20,7 @@ from study.core.names import (
     STATE_TAG,
     STUDY_ROLE_TAG,
 )
-from tests.helpers import TrackingServer
+from tests.helpers import TrackingServer, point_of
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -93,8 +93,7 @@ def assert_retried(trials: list[FrozenTrial], number: int) -> None:
     later = [t for t in trials if t.number > number and t.system_attrs.get(RETRY_FAILED_TRIAL_ATTR) == first]
     done = [t for t in later if t.state in DONE]
     assert len(done) == 1, [(t.number, t.state.name) for t in later]
-    # A trial lost before it sampled holds an enqueued point as fixed_params, or none at all.
-    expected = lost.params or lost.system_attrs.get("fixed_params")
+    expected = point_of(lost)  # none for a new trial lost before it sampled
     if expected:
         assert done[0].params == expected, (done[0].params, expected)
 
