@@ -104,7 +104,9 @@ class StoreRetry:
         self.url = url
         self._window = window  # None: the process's window (set_window_seconds)
         self.given_up = False
-        self.last_unreachable: float | None = None  # time.monotonic() of the last refused call
+        # time.monotonic() when this process last saw the store down: a refused call, or the
+        # call that found it back (a caller asleep in its back-off saw the outage end later).
+        self.last_unreachable: float | None = None
 
     @property
     def window(self) -> float:
@@ -120,7 +122,8 @@ class StoreRetry:
             _retrying.reset(token)
 
     def unreachable_within(self, seconds: float) -> bool:
-        """Whether a call of this process found the store unreachable in the last `seconds`."""
+        """Whether this process saw the store down in the last `seconds`: a call refused, or
+        only just back."""
         last = self.last_unreachable
         return last is not None and time.monotonic() - last < seconds
 
@@ -146,7 +149,8 @@ class StoreRetry:
                 delay = min(2 * delay, MAX_DELAY_SECONDS)
                 continue
             if first_failure is not None:
-                log.warning("%s: reachable again after %.0f s", self.key, time.monotonic() - first_failure)
+                self.last_unreachable = back = time.monotonic()
+                log.warning("%s: reachable again after %.0f s", self.key, back - first_failure)
             self.given_up = False
             return result
 

@@ -10,7 +10,8 @@ between trials. "No live owner" is any of:
 - its worker (`host:pid`, recorded right after the trial is asked for) was on this machine
   and that process is gone;
 - it has no worker recorded and started more than a grace period ago: its process died
-  between `study.ask()` and the first thing the objective does.
+  between `study.ask()` and the first thing the objective does. Not while the store is
+  catching up on an outage: the worker may still be waiting to record itself.
 The storage decides atomically which process fails a trial, so a trial is retried once. The
 dead attempt's MLflow run is ended KILLED with `optuna.trial.state=FAIL`; a run left RUNNING
 by a worker that died before recording it is found by its tags and ended too.
@@ -41,6 +42,7 @@ from study.core.names import (
     WORKER_ATTR,
 )
 from study.core.processes import gone_from_this_machine
+from study.execution.retrying_storage import RetryingRDBStorage
 from study.tracking.runs import RunTracker
 
 log = logging.getLogger(__name__)
@@ -119,13 +121,18 @@ def running_runs_of_trial(client: MlflowClient, study: optuna.Study, number: int
     return [run.info.run_id for run in runs]
 
 
-def has_no_live_owner(trial: FrozenTrial, grace_seconds: float, now: float | None = None) -> bool:
+def has_no_live_owner(
+    trial: FrozenTrial, grace_seconds: float, now: float | None = None, catching_up: bool = False
+) -> bool:
     """A RUNNING trial whose worker is gone, as far as this machine can tell (see the module
-    docstring); a stale heartbeat is Optuna's own check."""
+    docstring); a stale heartbeat is Optuna's own check. `catching_up`: the store was down
+    just now, so no worker could record itself."""
     if trial.state != TrialState.RUNNING:
         return False
     owner = trial.user_attrs.get(WORKER_ATTR)
     if owner is None:
+        if catching_up:
+            return False
         now = time.time() if now is None else now
         started = trial.datetime_start.timestamp() if trial.datetime_start else now
         return now - started > grace_seconds
@@ -145,14 +152,22 @@ def fail_ownerless_trials(
     optuna.storages.fail_stale_trials(study)
     trials = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if trials is None else trials
     grace = grace_period(study_cfg)
+    catching_up = store_catching_up(study)
     failed = 0
     for trial in trials:
-        if has_no_live_owner(trial, grace) and fail_and_retry(
+        if has_no_live_owner(trial, grace, catching_up=catching_up) and fail_and_retry(
             study, trial, "its worker is gone", study_cfg, tracking_uri
         ):
             log.warning("trial %d: its worker is gone; failed and retried", trial.number)
             failed += 1
     return failed
+
+
+def store_catching_up(study: optuna.Study) -> bool:
+    """Whether the study's database was down so recently that workers may not have caught up
+    (`RetryingRDBStorage.catching_up`; other storages have no outages to wait out)."""
+    storage = getattr(study._storage, "_backend", study._storage)  # under Optuna's cache
+    return isinstance(storage, RetryingRDBStorage) and storage.catching_up()
 
 
 def fail_and_retry(

@@ -92,7 +92,12 @@ class RetryingRDBStorage(RDBStorage):
         """While the database was down no worker could record a heartbeat: silence then says
         nothing of a worker. Trials go stale again once every worker had the time to catch up."""
         stale = self.store_retry.call(RDBStorage._get_stale_trial_ids, self, study_id)
-        return [] if self.store_retry.unreachable_within(self._catch_up_seconds()) else stale
+        return [] if self.catching_up() else stale
+
+    def catching_up(self) -> bool:
+        """Whether this process found the database down so recently that a live worker may not
+        have written since: until then, what a worker has not written says nothing of it."""
+        return self.store_retry.unreachable_within(self._catch_up_seconds())
 
     def _catch_up_seconds(self) -> float:
         interval = self.heartbeat_interval or 0

@@ -149,3 +149,18 @@ def test_after_giving_up_calls_are_tried_once_until_one_gets_through(refused_url
         retry.call(connect(refused_url))  # the session is ending: its clean-up does not wait again
     assert time.monotonic() - started < 1
     assert retry.call(lambda: 42) == 42 and not retry.given_up
+
+
+def test_an_outage_is_seen_until_the_call_that_finds_the_store_back(refused_url):
+    """Whoever judges a silence by this outage counts from the store's return, not from its own
+    last refused call: another caller may have slept through that return in its back-off."""
+    retry = StoreRetry("study.storage", refused_url, window=30)
+    refused = connect(refused_url)
+
+    def back_on_the_third_try():
+        if refused.calls < 2:
+            return refused()
+        return 42
+
+    assert retry.call(back_on_the_third_try) == 42
+    assert time.monotonic() - retry.last_unreachable < 0.1  # the back-off slept 1.5 s in between

@@ -16,7 +16,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from study.core.names import MLFLOW_RUN_ATTR, STATE_TAG, STUDY_ROLE_TAG
+from study.core.names import FAIL_REASON_ATTR, MLFLOW_RUN_ATTR, STATE_TAG, STUDY_ROLE_TAG
 from tests.e2e.conftest import PASSWORD
 from tests.helpers import wait_for, worker_pids
 
@@ -104,7 +104,8 @@ def test_postgresql_down_for_20_seconds_mid_study_costs_nothing(sweep_setup, pos
     assert driver.wait(timeout=600) == 0, console.read_text()[-3000:]
 
     trials = check_invariants(url, "restart", tmp_path)
-    assert not [t for t in trials if t.state == TrialState.FAIL], "the outage failed a trial"
+    failed = {t.number: t.user_attrs.get(FAIL_REASON_ATTR) for t in trials if t.state == TrialState.FAIL}
+    assert not failed, f"the outage failed trials: {failed}"
     assert len(trials) == N_TRIALS
     logs = [console, *(tmp_path / "runs" / "studies" / "restart" / "logs").glob("worker_*.log")]
     text = "\n".join(log.read_text() for log in logs)

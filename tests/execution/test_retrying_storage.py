@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from study.core import retry
 from study.core.errors import ConfigError
+from study.execution.recovery import fail_ownerless_trials
 from study.execution.retrying_storage import RETRIED_METHODS, RetryingRDBStorage
 from study.execution.storage import make_storage
 from tests.helpers import free_port
@@ -83,6 +84,21 @@ def test_no_trial_goes_stale_for_a_silence_the_outage_caused(tmp_path):
     assert storage._get_stale_trial_ids(study._study_id) == []  # nobody could beat meanwhile
     storage.store_retry.last_unreachable = time.monotonic() - storage._catch_up_seconds()
     assert storage._get_stale_trial_ids(study._study_id) == [trial._trial_id]
+
+
+def test_a_trial_asked_just_before_an_outage_keeps_its_worker_until_it_caught_up(tmp_path):
+    """Its worker waits out the outage to record itself: a process that looks first must not
+    take the trial for one whose worker died between study.ask() and recording itself."""
+    storage = storage_at(tmp_path)
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.ask()  # no worker recorded yet
+    time.sleep(2.5)  # past the grace period, 2 x heartbeat_interval
+    cfg = OmegaConf.create({**STUDY_CFG, "storage": storage.url})
+    mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    storage.store_retry.last_unreachable = time.monotonic()  # a call of this process just waited
+    assert fail_ownerless_trials(study, cfg, mlflow_uri) == 0
+    storage.store_retry.last_unreachable = time.monotonic() - storage._catch_up_seconds()
+    assert fail_ownerless_trials(study, cfg, mlflow_uri) == 1  # still no worker: it died
 
 
 def test_an_unreachable_postgresql_is_one_line_naming_the_store_and_the_cause(tmp_path):
