@@ -101,7 +101,7 @@ def end_runs_of_dead_trial(tracking_uri: str, study: optuna.Study, trial: Frozen
         run_ids = {trial.user_attrs.get(MLFLOW_RUN_ATTR)} - {None}
         run_ids |= set(running_runs_of_trial(client, study, trial.number))
         for run_id in run_ids:
-            end_abandoned_run(client, run_id, TrialState.FAIL, reason)
+            end_abandoned_run(client, run_id, TrialState.FAIL, reason, failed_trial=trial.number)
     except Exception as error:  # the retry matters more than the run's status
         log.warning("could not end the MLflow run of dead trial %d: %s", trial.number, error)
 
@@ -196,14 +196,29 @@ def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
         return False
 
 
-def end_abandoned_run(client: MlflowClient, run_id: str, state: TrialState, reason: str) -> bool:
-    """End the run of a trial whose worker is gone, unless it already ended; True if it did."""
-    if client.get_run(run_id).info.status not in ("RUNNING", "SCHEDULED"):
+def end_abandoned_run(
+    client: MlflowClient, run_id: str, state: TrialState, reason: str, failed_trial: int | None = None
+) -> bool:
+    """End the run of a trial whose worker is gone, unless it already ended; True if it did.
+    A run that `failed_trial` itself ended is ended again as failed: its worker was lost
+    between the run's end and Optuna's tell (stopped, cut off), so the trial is retried."""
+    run = client.get_run(run_id)
+    if run.info.status not in ("RUNNING", "SCHEDULED") and not ended_by_lost_trial(run, failed_trial):
         return False
     tracker = RunTracker(client, run_id)
     tracker.set_tags({STATE_TAG: state.name})
     tracker.end("KILLED", reason)
     return True
+
+
+def ended_by_lost_trial(run, failed_trial: int | None) -> bool:
+    """The run ended, by the failed trial (not by an earlier rung's trial whose run a promotion
+    reuses), with a state the trial no longer has."""
+    return (
+        failed_trial is not None
+        and run.data.tags.get(TRIAL_NUMBER_TAG) == str(failed_trial)
+        and run.data.tags.get(STATE_TAG) != TrialState.FAIL.name
+    )
 
 
 def end_orphaned_runs(study: optuna.Study, parent: RunTracker) -> int:

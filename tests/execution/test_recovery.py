@@ -11,12 +11,13 @@ import sys
 
 import optuna
 import pytest
+from mlflow import MlflowClient
 from omegaconf import OmegaConf
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from study.core.errors import ConfigError
-from study.core.names import BASELINE_ATTR, MLFLOW_RUN_ATTR, WORKER_ATTR
+from study.core.names import BASELINE_ATTR, MLFLOW_RUN_ATTR, STATE_TAG, TRIAL_NUMBER_TAG, WORKER_ATTR
 from study.execution.recovery import fail_interrupted_trial, fail_ownerless_trials, has_no_live_owner
 from study.execution.storage import make_storage
 
@@ -146,3 +147,27 @@ def test_an_interrupt_does_not_spend_the_trials_retries(tmp_path):
     last.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{dead_pid()}")
     fail_ownerless_trials(study, STUDY_CFG, base.mlflow.tracking_uri)
     assert not [t for t in study.trials if t.state == TrialState.WAITING]  # max_retry=1 spent
+
+
+def test_a_run_its_lost_trial_ended_is_ended_again_as_failed_and_an_earlier_rungs_is_not(tmp_path):
+    """A worker stopped between its run's end and Optuna's tell: the trial is failed and retried,
+    so its run must not say COMPLETE. A run that an earlier rung's trial ended, which the dead
+    promotion never reopened, stays as that trial left it."""
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.create_experiment("e")
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/optuna.db")
+    runs = {}
+    for lost, tagged_number in (("own", None), ("earlier-rung", "99")):
+        trial = study.ask(X)
+        run_id = client.create_run(experiment).info.run_id
+        client.set_tag(run_id, TRIAL_NUMBER_TAG, tagged_number or str(trial.number))
+        client.set_tag(run_id, STATE_TAG, TrialState.COMPLETE.name)
+        client.set_terminated(run_id, "FINISHED")
+        trial.set_user_attr(MLFLOW_RUN_ATTR, run_id)
+        trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{dead_pid()}")
+        runs[lost] = run_id
+    assert fail_ownerless_trials(study, STUDY_CFG, tracking_uri) == 2
+    own, earlier = client.get_run(runs["own"]), client.get_run(runs["earlier-rung"])
+    assert (own.info.status, own.data.tags[STATE_TAG]) == ("KILLED", "FAIL")
+    assert (earlier.info.status, earlier.data.tags[STATE_TAG]) == ("FINISHED", "COMPLETE")
