@@ -73,6 +73,20 @@ QUICK_SEARCH = (
     "with --quick a digits run of its strategies: the case of FULL_MNIST_RACE runs asha-steps, median and "
     "hyperband, tests/e2e/test_bench.py asha, asha-steps, asha-steps-stratified and keras-tuner"
 )
+FLOOR_STRAIGHT = (  # bench/README.md's floor: the base config alone, four epochs of MNIST on one core
+    "taskset -c 0 python -m study.train data.path=../shared/data/mnist trainer.epochs=4 "
+    "trainer.batch_size=100 trainer.seed=0"
+)
+FLOOR_BASE_CONFIG_FIRST = (
+    "python bench/search.py --data-path ../shared/data/mnist --budget 600 --samplers tpe --seeds 2 "
+    "--strategies asha-steps-stratified --override study.enqueue_defaults=true --parallel 2 --target 0.98 "
+    "--also-target 0.99"
+)
+FLOOR_SHORT_FIRST_RUNG = (
+    "python bench/search.py --data-path ../shared/data/mnist --budget 400 --samplers tpe --seeds 6 "
+    "--strategies asha-steps-stratified --first-rung-steps 61 --override sampler.n_startup_trials=10 "
+    "--parallel 2 --target 0.98 --also-target 0.99"
+)
 MEASURED_SEARCH = (  # README's table of search strategies; the test runs it --quick
     "python bench/search.py --data-path ../shared/data/mnist --override data.max_train_samples=10000 "
     "--budget 300 --parallel 2 --first-rung-steps 33 --target 0.96 --also-target 0.97"
@@ -761,6 +775,12 @@ CASES: dict[str, Case] = {
     PEER_RACE: Case(skip="tests/e2e/test_bench.py runs its three strategies --quick, side by side"),
     FULL_MNIST_PEER_RACE: Case(skip="tests/e2e/test_bench.py runs its two strategies --quick, side by side"),
     FULL_MNIST_PEER_MORE: Case(skip="tests/e2e/test_bench.py runs its two strategies --quick, side by side"),
+    FLOOR_STRAIGHT: Case(
+        skip="trains 4 epochs of all of MNIST; the case of "
+        "`python -m study.train data.path=../shared/data/mnist` runs the same training on tiny data"
+    ),
+    FLOOR_BASE_CONFIG_FIRST: Case(skip=QUICK_SEARCH),
+    FLOOR_SHORT_FIRST_RUNG: Case(skip=QUICK_SEARCH),
     GPU_BENCH: Case(skip="needs a GPU and JAX's CUDA wheels: this project's CI machine has no GPU"),
     "python bench/run.py": Case(skip=f"{DOWNLOAD}; {QUICK_BENCH}"),
     "python bench/run.py --quick": Case(skip="tests/e2e/test_bench.py runs it and checks its tables"),
