@@ -71,7 +71,13 @@ def _causes(error: BaseException | None) -> Iterator[BaseException]:
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         yield error
-        error = error.__cause__ or getattr(error, "orig", None)  # SQLAlchemy keeps the driver's
+        error = error.__cause__ or getattr(error, "orig", None) or _context(error)  # SQLAlchemy: .orig
+
+
+def _context(error: BaseException) -> BaseException | None:
+    """The error being handled when `error` was raised, as a traceback shows it: MLflow's
+    SqlAlchemyStore.log_batch raises MlflowException(e) inside `except`, without `from e`."""
+    return None if error.__suppress_context__ else error.__context__
 
 
 def _is_driver_connection_error(error: BaseException) -> bool:

@@ -9,6 +9,8 @@ import time
 import psycopg
 import pytest
 import sqlalchemy
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 from optuna.storages._rdb.storage import _create_scoped_session
 from sqlalchemy.orm import scoped_session, sessionmaker
 
@@ -94,6 +96,23 @@ def test_optunas_invalid_data_message_gives_way_to_the_real_cause(refused_url):
 def test_a_server_going_away_or_coming_back_is_unreachable(error):
     wrapped = sqlalchemy.exc.OperationalError("SELECT 1", {}, error)
     assert connection_error(wrapped) is error
+
+
+def test_a_lost_connection_that_mlflow_wrapped_without_from_is_unreachable():
+    """MLflow's SqlAlchemyStore.log_batch raises MlflowException(e) inside `except`: the driver's
+    error is only the exception's context (a CI run failed a trial on it during an outage)."""
+    lost = psycopg.errors.AdminShutdown("terminating connection due to administrator command")
+    try:
+        try:
+            raise sqlalchemy.exc.OperationalError("INSERT INTO metrics ...", {}, lost)
+        except Exception as error:
+            raise MlflowException(error, INTERNAL_ERROR)  # noqa: B904 (as MLflow raises it)
+    except MlflowException as wrapped:
+        assert connection_error(wrapped) is lost
+        try:
+            raise RuntimeError("a new error") from None
+        except RuntimeError as unrelated:
+            assert connection_error(unrelated) is None  # `from None` hides the context
 
 
 @pytest.mark.parametrize(
