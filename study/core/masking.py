@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from study.core.files import publish_text
+
 # scheme://user:password@host -> scheme://user:***@host; ?password=... and the like too.
 # Generated passwords hold "/", "+", "%2F" and even "@", and text shows URLs escaped: Hydra
 # writes "postgresql\://user\:pw@" (multirun), URL-encoding "%3A%2F%2F", "%40". So the
@@ -38,8 +40,7 @@ def mask_secrets(text: str) -> str:
 
 
 def write_masked(path: Path, text: str) -> Path:
-    path.write_text(mask_secrets(text))
-    return path
+    return publish_text(path, mask_secrets(text))
 
 
 class MaskedStream:

@@ -3,6 +3,7 @@ set and in the Model Registry, the leaderboard, and a summary of what won and wh
 
 from __future__ import annotations
 
+import functools
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +12,7 @@ import optuna
 import pandas as pd
 from omegaconf import DictConfig
 
+from study.core.files import publish
 from study.core.names import BEST_TEST_METRIC
 from study.reporting.leaderboard import space_targets, trials_table
 from study.reporting.summary import final_summary
@@ -61,7 +63,7 @@ def finish(
         )
         summary.update(evaluate_winner(study, parent.client, parent.run_id, study_dir, registered))
     table = trials_table(study.get_trials(deepcopy=False), targets, summary.get(BEST_TEST_METRIC))
-    table.to_csv(table_file, index=False)
+    publish(table_file, functools.partial(table.to_csv, index=False))
     parent.log_artifact(table_file)
     width = shutil.get_terminal_size((200, 40)).columns  # wide tables wrap by columns, not mid-line
     with pd.option_context("display.width", width, "display.max_columns", 30):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ import optuna
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from study.core.files import publish, publish_text
 from study.core.names import (
     METRIC,
 )
@@ -122,7 +124,7 @@ def log_plots(
         finish_plot(name, view, axes, figure, len(complete))
         axes.figure.set_size_inches(10, 6)
         axes.figure.tight_layout()
-        axes.figure.savefig(folder / f"{name}.png", dpi=100)
+        publish(folder / f"{name}.png", functools.partial(axes.figure.savefig, dpi=100))
         plt.close(axes.figure)
         client.log_artifact(run_id, str(folder / f"{name}.png"), "plots")
         made.append(name)
@@ -136,11 +138,11 @@ def write_interactive(figures: list, path: Path) -> Path:
     """Optuna's interactive (plotly) figures on one page that carries plotly.js once (4.6 MB):
     the MLflow UI and a machine without internet show it as it is."""
     parts = [figure.to_html(full_html=False, include_plotlyjs=i == 0) for i, figure in enumerate(figures)]
-    path.write_text(
+    return publish_text(
+        path,
         f'<html><head><meta charset="utf-8"><title>{METRIC}: Optuna plots</title></head>'
-        f"<body>{''.join(parts)}</body></html>"
+        f"<body>{''.join(parts)}</body></html>",
     )
-    return path
 
 
 def finish_plot(name: str, study: optuna.Study, axes, figure, complete: int) -> None:

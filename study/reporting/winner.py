@@ -7,6 +7,7 @@ that finishes the study (the same command again) to reuse and complete."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -25,6 +26,7 @@ from mlflow.exceptions import MlflowException
 
 from study.config.checks import checked_config
 from study.core.config_files import load_logged_config
+from study.core.files import publish, publish_text
 from study.core.names import (
     BEST_MODEL_TAG,
     BEST_RUN_TAG,
@@ -96,11 +98,12 @@ def evaluate_winner(
         )
         facts = preprocessing_facts(model, data.x_test, data.source)
     request = folder / "serving_input.json"  # raw test images: a request to send the served winner
-    request.write_text(json.dumps({"inputs": raw_images(data.x_test[:INPUT_EXAMPLE_SIZE], facts).tolist()}))
+    images = raw_images(data.x_test[:INPUT_EXAMPLE_SIZE], facts)
+    publish_text(request, json.dumps({"inputs": images.tolist()}))
     predictions = np.argmax(logits, axis=1)
     display = ConfusionMatrixDisplay.from_predictions(data.y_test, predictions, colorbar=False)
     display.ax_.set_title(f"trial {best.number} on the test set: accuracy {test_accuracy:.4f}")
-    display.figure_.savefig(folder / "confusion_matrix.png", dpi=100)
+    publish(folder / "confusion_matrix.png", functools.partial(display.figure_.savefig, dpi=100))
     client.log_artifact(parent_run_id, str(folder / "confusion_matrix.png"))
     plt.close(display.figure_)
     summary = {
