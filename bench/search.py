@@ -1,7 +1,7 @@
 """Time to a good model: search strategies on the same wall budget and the same space.
 
     python bench/search.py --data-path ../shared/data/mnist          # MNIST: 5 x 2 x 3 studies of 20 min
-    python bench/search.py --quick                                    # digits, tiny budget: about 2 min
+    python bench/search.py --quick                                    # digits, tiny budget: about 3 min
 
 Each study is a real `python -m study.sweep` in its own process and stores, one worker, given
 `--budget` seconds (study.timeout, then Ctrl-C at the budget: a trial still running is cut);
@@ -120,7 +120,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         help="studies at once, each pinned to a CPU core of its own with taskset (default: 1, "
         "one study at a time on the whole machine)",
     )
-    parser.add_argument("--quick", action="store_true", help="digits, 20 s a study, one seed, TPE: ~2 min")
+    parser.add_argument("--quick", action="store_true", help="digits, 20 s a study, one seed, TPE: ~3 min")
     parser.add_argument("--out", type=Path, help="results folder (default: runs/bench/search-<time>)")
     args = parser.parse_args(argv)
     if args.quick:

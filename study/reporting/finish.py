@@ -63,8 +63,7 @@ def finish(
         )
         summary.update(evaluate_winner(study, parent.client, parent.run_id, study_dir, registered))
     table = trials_table(study.get_trials(deepcopy=False), targets, summary.get(BEST_TEST_METRIC))
-    publish(table_file, functools.partial(table.to_csv, index=False))
-    parent.log_artifact(table_file)
+    parent.log_artifact(publish(table_file, functools.partial(table.to_csv, index=False)))
     width = shutil.get_terminal_size((200, 40)).columns  # wide tables wrap by columns, not mid-line
     with pd.option_context("display.width", width, "display.max_columns", 30):
         print(table.to_string(index=False, max_colwidth=48, na_rep=""))

@@ -124,9 +124,9 @@ def log_plots(
         finish_plot(name, view, axes, figure, len(complete))
         axes.figure.set_size_inches(10, 6)
         axes.figure.tight_layout()
-        publish(folder / f"{name}.png", functools.partial(axes.figure.savefig, dpi=100))
+        image = publish(folder / f"{name}.png", functools.partial(axes.figure.savefig, dpi=100))
         plt.close(axes.figure)
-        client.log_artifact(run_id, str(folder / f"{name}.png"), "plots")
+        client.log_artifact(run_id, str(image), "plots")
         made.append(name)
         figures.append(figure)
     if figures:

@@ -103,8 +103,8 @@ def evaluate_winner(
     predictions = np.argmax(logits, axis=1)
     display = ConfusionMatrixDisplay.from_predictions(data.y_test, predictions, colorbar=False)
     display.ax_.set_title(f"trial {best.number} on the test set: accuracy {test_accuracy:.4f}")
-    publish(folder / "confusion_matrix.png", functools.partial(display.figure_.savefig, dpi=100))
-    client.log_artifact(parent_run_id, str(folder / "confusion_matrix.png"))
+    matrix = publish(folder / "confusion_matrix.png", functools.partial(display.figure_.savefig, dpi=100))
+    client.log_artifact(parent_run_id, str(matrix))
     plt.close(display.figure_)
     summary = {
         "best_trial": best.number,

@@ -17,12 +17,13 @@ from study.core.files import publish, publish_text
 SMALL, LARGE = b"s" * 1_000, b"L" * 400_000
 
 REWRITER = """
-import sys, time
+import sys
 from pathlib import Path
 from study.core.files import publish
-path, until = Path(sys.argv[1]), float(sys.argv[2])
-while time.time() < until:
-    for body in (b"s" * 1_000, b"L" * 400_000):
+path, stop = Path(sys.argv[1]), Path(sys.argv[2])
+bodies = [letter.encode() * int(size) for letter, size in zip("sL", sys.argv[3:])]
+while not stop.exists():
+    for body in bodies:
         publish(path, lambda private: private.write_bytes(body))
 """
 
@@ -49,21 +50,25 @@ def test_a_writer_that_fails_leaves_the_published_version(tmp_path):
 def test_a_file_rewritten_by_another_process_is_read_as_one_version(tmp_path):
     """What an upload does (the size from fstat, then the body to its end) while another driver
     publishes the same output over and over."""
-    path = tmp_path / "parallel_coordinate.png"
+    folder = tmp_path / "plots"
+    folder.mkdir()
+    path, stop = folder / "parallel_coordinate.png", tmp_path / "stop"
     publish(path, lambda private: private.write_bytes(SMALL))
-    until = time.time() + 4
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    rewriter = subprocess.Popen([sys.executable, "-c", REWRITER, str(path), str(until)], env=env)
-    reads = set()
+    command = [sys.executable, "-c", REWRITER, str(path), str(stop), str(len(SMALL)), str(len(LARGE))]
+    rewriter = subprocess.Popen(command, env=env)
+    seen: dict[int, int] = {}
+    deadline = time.time() + 120  # however slowly the rewriter starts, a few thousand reads
     try:
-        while time.time() < until:
+        while time.time() < deadline and not (len(seen) == 2 and min(seen.values()) >= 200):
             with open(path, "rb") as file:
                 size = os.fstat(file.fileno()).st_size
                 body = file.read()
             assert len(body) == size and body in (SMALL, LARGE)
-            reads.add(len(body))
+            seen[size] = seen.get(size, 0) + 1
     finally:
+        stop.touch()
         rewriter.wait(timeout=30)
     assert rewriter.returncode == 0
-    assert reads == {len(SMALL), len(LARGE)}  # the reader did see the file change under it
-    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    assert sorted(seen) == [len(SMALL), len(LARGE)]  # the reader did see the file change under it
+    assert [p.name for p in folder.iterdir()] == [path.name]
