@@ -13,7 +13,8 @@ The look and the write are two steps. A process stopped while it looks would act
 saw before it stopped: a look that took longer than `fresh_seconds` (less than the heartbeat's
 grace period, 2 x study.heartbeat_interval, the shortest silence that loses a trial) is taken
 again. Metric batches written in the background look again in the writer thread, right
-before they are sent. What is left is a stop in the few lines between a look and its write.
+before they are sent, and so do MLflow's system metrics (`tracking.lineage.system_metrics`).
+What is left is a stop in the few lines between a look and its write.
 """
 
 from __future__ import annotations
@@ -115,12 +116,16 @@ class FencedTracker(RunTracker):
         self._check()
         super().end(status, error)
 
-    def _write_metrics(self, metrics) -> None:
+    def may_write(self) -> bool:
         try:
             self.fence.check()
         except TrialLost:
-            return  # dropped: the main thread raises at its next write
-        super()._write_metrics(metrics)
+            return False  # the main thread raises at its next write
+        return True
+
+    def _write_metrics(self, metrics) -> None:
+        if self.may_write():  # else dropped
+            super()._write_metrics(metrics)
 
     def _check(self) -> None:
         try:

@@ -19,6 +19,7 @@ import logging
 import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ log = logging.getLogger("study.sweep")
 
 MAX_REQUEUES = 10_000
 SLURM_TIMEOUT_SECONDS = 30  # a controller that does not answer in this long is not there
+CANCEL_WAIT_SECONDS = 120  # Slurm's KillWait (30 s by default) and an epilog, with room
 # Queue states of a task that still runs, or will (squeue --states: every state it shows).
 # A task being requeued passes through COMPLETING: it still counts.
 ENDING_STATES = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "BOOT_FAIL"}
@@ -229,4 +231,18 @@ def cancel_tasks(settings: DictConfig) -> list[str]:
     tasks = live_tasks(settings)
     if tasks:
         slurm("scancel", f"--user={getpass.getuser()}", f"--name={job_name(settings)}")
+        wait_until_gone(settings, tasks)
     return tasks
+
+
+def wait_until_gone(settings: DictConfig, tasks: list[str]) -> None:
+    """scancel only asks: each task stays in the queue, COMPLETING, while its worker ends its
+    trial (up to Slurm's KillWait). Once they have left, the same command run next submits new
+    tasks instead of attaching to ending ones (live_tasks counts COMPLETING: a task being
+    requeued shows it too)."""
+    deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+    while ending := sorted(set(tasks) & set(live_tasks(settings))):
+        if time.monotonic() > deadline:
+            log.warning("tasks %s are still ending after %d s", ", ".join(ending), CANCEL_WAIT_SECONDS)
+            return
+        time.sleep(1)

@@ -29,6 +29,8 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.types import Schema, TensorSpec
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
+from study.tracking.runs import RunTracker
+
 log = logging.getLogger(__name__)
 
 
@@ -165,13 +167,20 @@ def register_logged_model(
 
 
 class _Monitor(SystemMetricsMonitor):
-    """MLflow's monitor, counting what it published."""
+    """MLflow's monitor, counting what it published, and publishing only while `tracker` may
+    still write into its run."""
 
     published = 0
     discarding = False  # the run may have ended: nothing more is recorded
 
+    def __init__(self, tracker: RunTracker, sampling_interval: float, tracking_uri: str):
+        super().__init__(tracker.run_id, sampling_interval=sampling_interval, tracking_uri=tracking_uri)
+        self.tracker = tracker
+
     def publish_metrics(self, metrics) -> None:
-        if self.discarding:
+        # MLflow's own look (is the run RUNNING?) comes before the wait of an interval; a
+        # worker stopped in that wait wakes to a run another process ended: look again.
+        if self.discarding or not self.tracker.may_write():
             return
         super().publish_metrics(metrics)
         self.published += 1
@@ -183,15 +192,15 @@ class _Monitor(SystemMetricsMonitor):
 
 
 @contextlib.contextmanager
-def system_metrics(tracking_uri: str, run_id: str, interval: float | None) -> Iterator[None]:
+def system_metrics(tracking_uri: str, tracker: RunTracker, interval: float | None) -> Iterator[None]:
     """CPU, memory, disk, network and (with nvidia-ml-py and a GPU) GPU use of the machine,
-    sampled every `interval` seconds into the run's `system/*` metrics while the block runs.
-    A run shorter than one interval still gets the sample taken at its start."""
+    sampled every `interval` seconds into the `system/*` metrics of the tracker's run while the
+    block runs. A run shorter than one interval still gets the sample taken at its start."""
     if not interval:
         yield
         return
     try:
-        monitor = _Monitor(run_id, sampling_interval=interval, tracking_uri=tracking_uri)
+        monitor = _Monitor(tracker, sampling_interval=interval, tracking_uri=tracking_uri)
         monitor.start()
     except Exception as error:  # psutil missing, say: the run matters more than its charts
         log.warning("system metrics off: %s", error)
@@ -211,6 +220,9 @@ def system_metrics(tracking_uri: str, run_id: str, interval: float | None) -> It
 
 
 def _stop(monitor: _Monitor) -> None:
+    if not monitor.tracker.may_write():  # stopped after its last epoch, its trial taken over
+        monitor.discard()
+        return
     monitor.finish()
     if not monitor.published:
         try:

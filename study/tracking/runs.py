@@ -168,6 +168,11 @@ class RunTracker:
         """In the writer thread: one batch of queued metrics."""
         self.client.log_batch(self.run_id, metrics=metrics)
 
+    def may_write(self) -> bool:
+        """Is the run still this tracker's to write? (A trial's run stops being its worker's
+        once another process took the trial over: `execution.fencing`.)"""
+        return True
+
     def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
         if local_path.is_dir():
             self.client.log_artifacts(self.run_id, str(local_path), artifact_path)

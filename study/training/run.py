@@ -99,7 +99,7 @@ def train(
         interval = cfg.mlflow.system_metrics_interval
         with (
             tracker if owned else contextlib.nullcontext(tracker),
-            system_metrics(cfg.mlflow.tracking_uri, tracker.run_id, interval),
+            system_metrics(cfg.mlflow.tracking_uri, tracker, interval),
         ):
             if resume:  # the first segment logged the params; MLflow refuses to change them
                 monitor = cfg.trainer.early_stopping.monitor if cfg.trainer.early_stopping.patience else None

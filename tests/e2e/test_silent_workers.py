@@ -124,6 +124,24 @@ def training_trial(storage: str, name: str, last: bool) -> FrozenTrial | None:
     return None
 
 
+def stop_worker_of(trial: FrozenTrial) -> int | None:
+    """SIGSTOP the worker running `trial`: its pid, or None when it has exited since the look
+    (the trial was the study's last, and it ended)."""
+    pid = int(trial.user_attrs[WORKER_ATTR].rpartition(":")[2])
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except ProcessLookupError:
+        return None
+    return pid
+
+
+def let_the_sweep_end(pid: int | None, driver: subprocess.Popen) -> None:
+    """The trial ended between the look and the signal: nothing stays frozen; the sweep ends."""
+    if pid is not None:
+        os.kill(pid, signal.SIGCONT)
+    driver.communicate(timeout=600)
+
+
 def freeze_wake_and_finish(tmp_path, overrides, storage, name, last=False):
     """SIGSTOP the worker of a training trial, wait for its failure and its retry, SIGCONT.
     Returns (the frozen trial, seconds until it was failed, the sweep's output), or None when
@@ -136,12 +154,10 @@ def freeze_wake_and_finish(tmp_path, overrides, storage, name, last=False):
             frozen = poll(lambda: training_trial(storage, name, last), interval=0.05, driver=driver)
         except SweepEnded:
             return None
-        pid = int(frozen.user_attrs[WORKER_ATTR].rpartition(":")[2])
-        os.kill(pid, signal.SIGSTOP)
+        pid = stop_worker_of(frozen)
         stopped = time.time()
-        if state_of(storage, name, frozen.number) != TrialState.RUNNING:
-            os.kill(pid, signal.SIGCONT)
-            driver.communicate(timeout=600)
+        if pid is None or state_of(storage, name, frozen.number) != TrialState.RUNNING:
+            let_the_sweep_end(pid, driver)
             return None
         poll(lambda: state_of(storage, name, frozen.number) == TrialState.FAIL, interval=0.1)
         failed_after = time.time() - stopped
@@ -235,11 +251,9 @@ def freeze_a_promotion(tmp_path, overrides, storage, name):
             frozen = poll(frozen_promotion, interval=0.05, driver=driver)
         except SweepEnded:
             return None
-        pid = int(frozen.user_attrs[WORKER_ATTR].rpartition(":")[2])
-        os.kill(pid, signal.SIGSTOP)
-        if state_of(storage, name, frozen.number) != TrialState.RUNNING:
-            os.kill(pid, signal.SIGCONT)
-            driver.communicate(timeout=600)
+        pid = stop_worker_of(frozen)
+        if pid is None or state_of(storage, name, frozen.number) != TrialState.RUNNING:
+            let_the_sweep_end(pid, driver)
             return None
         poll(lambda: state_of(storage, name, frozen.number) == TrialState.FAIL, interval=0.1)
         retry = poll(lambda: retry_of(trials_of(storage, name), frozen.number), interval=0.2)

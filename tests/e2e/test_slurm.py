@@ -55,13 +55,15 @@ def slurm_study(sweep_setup, servers_on_postgres):
 
 
 def queued(name: str) -> list[str]:
+    """The study's tasks in the queue. A cancelled task stays there, COMPLETING, while its worker
+    ends its trial; the driver counts it as live (a task being requeued is COMPLETING too)."""
     output = subprocess.run(
-        ["squeue", "--noheader", "--array", f"--name=study-{name}", "--format=%i %T"],
+        ["squeue", "--noheader", "--array", f"--name=study-{name}", "--format=%i"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    return sorted(line.split()[0] for line in output.splitlines() if "COMPLETING" not in line)
+    return sorted(output.split())
 
 
 def task_of(trial: optuna.trial.FrozenTrial) -> str:
