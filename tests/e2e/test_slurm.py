@@ -43,6 +43,10 @@ pytestmark = [
 ]
 
 N_TRIALS = 10
+# Two tasks train about one trial in 2 s each between the second driver's Ctrl-C and the
+# cancel's scancel (a `study.sweep` start-up): 10 trials were all done by then. With 24, trials
+# are left for the cancel to interrupt and for the third command to finish.
+CANCELLED_STUDY_TRIALS = 24
 
 
 @pytest.fixture
@@ -122,7 +126,8 @@ def test_tasks_get_their_gpus_a_detached_or_killed_driver_leaves_them_finishing_
 def test_a_cancelled_task_loses_its_trial_to_a_retry_and_the_same_command_submits_only_it(slurm_study):
     cwd, overrides, storage, server = slurm_study
     name = "cancelled-task"
-    overrides = [*overrides, f"study.name={name}"]
+    overrides = [o for o in overrides if not o.startswith("study.n_trials=")]
+    overrides += [f"study.name={name}", f"study.n_trials={CANCELLED_STUDY_TRIALS}"]
     first = start_sweep(overrides, cwd)
     victim = wait_for(lambda: next(iter(training(storage, name)), None), timeout=240)
     first.send_signal(signal.SIGINT)
@@ -150,7 +155,7 @@ def test_a_cancelled_task_loses_its_trial_to_a_retry_and_the_same_command_submit
     started = re.findall(r"started (.+?) \(worker logs", output)
     assert len(started) == 1 and len(started[0].split(", ")) == 2, started
 
-    trials = check_finished_study(storage, name, server, N_TRIALS)
+    trials = check_finished_study(storage, name, server, CANCELLED_STUDY_TRIALS)
     # The scancelled task's trial, and those of the two launcher.cancel=true ended: retried.
     assert len(assert_lost_trials_retried(trials)) >= 2
     assert outputs_written(cwd, name, output) == 1
