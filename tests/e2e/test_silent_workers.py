@@ -148,26 +148,30 @@ def freeze_wake_and_finish(tmp_path, overrides, storage, name, last=False):
     the trial finished between the look and the signal, or the sweep before any look found it
     (then nothing was frozen)."""
     driver = start_sweep(overrides, tmp_path)
+    store = None
     try:
         wait_for_workers(tmp_path, name, driver)
+        store = optuna.storages.RDBStorage(storage)  # one pool: a new one per look connects anew
         try:
-            frozen = poll(lambda: training_trial(storage, name, last), interval=0.05, driver=driver)
+            frozen = poll(lambda: training_trial(store, name, last), interval=0.05, driver=driver)
         except SweepEnded:
             return None
         pid = stop_worker_of(frozen)
         stopped = time.time()
-        if pid is None or state_of(storage, name, frozen.number) != TrialState.RUNNING:
+        if pid is None or state_of(store, name, frozen.number) != TrialState.RUNNING:
             let_the_sweep_end(pid, driver)
             return None
-        poll(lambda: state_of(storage, name, frozen.number) == TrialState.FAIL, interval=0.1)
+        poll(lambda: state_of(store, name, frozen.number) == TrialState.FAIL, interval=0.1)
         failed_after = time.time() - stopped
-        poll(lambda: retry_of(trials_of(storage, name), frozen.number), interval=0.2)
+        poll(lambda: retry_of(trials_of(store, name), frozen.number), interval=0.2)
         time.sleep(HEARTBEAT_SECONDS)  # the retry trains while the frozen worker sleeps on
         os.kill(pid, signal.SIGCONT)
         output, _ = driver.communicate(timeout=600)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
+        if store is not None:
+            store.engine.dispose()
     assert driver.returncode == 0, output[-3000:]
     return frozen, failed_after, output
 
@@ -240,29 +244,33 @@ def freeze_a_promotion(tmp_path, overrides, storage, name):
     same run. Returns (the frozen trial, the sweep's output), or None when the promotion ended
     between the look and the signal, or the sweep before any look found one."""
     driver = start_sweep(overrides, tmp_path)
+    store = None
 
     def frozen_promotion():
-        trial = training_trial(storage, name, last=False)
+        trial = training_trial(store, name, last=False)
         return trial if trial is not None and asha.is_promotion(trial) else None
 
     try:
         wait_for_workers(tmp_path, name, driver)
+        store = optuna.storages.RDBStorage(storage)  # one pool: a new one per look connects anew
         try:
             frozen = poll(frozen_promotion, interval=0.05, driver=driver)
         except SweepEnded:
             return None
         pid = stop_worker_of(frozen)
-        if pid is None or state_of(storage, name, frozen.number) != TrialState.RUNNING:
+        if pid is None or state_of(store, name, frozen.number) != TrialState.RUNNING:
             let_the_sweep_end(pid, driver)
             return None
-        poll(lambda: state_of(storage, name, frozen.number) == TrialState.FAIL, interval=0.1)
-        retry = poll(lambda: retry_of(trials_of(storage, name), frozen.number), interval=0.2)
-        poll(lambda: state_of(storage, name, retry.number) not in (None, TrialState.WAITING), interval=0.2)
+        poll(lambda: state_of(store, name, frozen.number) == TrialState.FAIL, interval=0.1)
+        retry = poll(lambda: retry_of(trials_of(store, name), frozen.number), interval=0.2)
+        poll(lambda: state_of(store, name, retry.number) not in (None, TrialState.WAITING), interval=0.2)
         os.kill(pid, signal.SIGCONT)  # wakes while the retry trains in the same run
         output, _ = driver.communicate(timeout=600)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
+        if store is not None:
+            store.engine.dispose()
     assert driver.returncode == 0, output[-3000:]
     return frozen, output
 
