@@ -182,6 +182,9 @@ class _Monitor(SystemMetricsMonitor):
         # worker stopped in that wait wakes to a run another process ended: look again.
         if self.discarding or not self.tracker.may_write():
             return
+        self.publish_unchecked(metrics)
+
+    def publish_unchecked(self, metrics) -> None:
         super().publish_metrics(metrics)
         self.published += 1
 
@@ -226,7 +229,7 @@ def _stop(monitor: _Monitor) -> None:
     monitor.finish()
     if not monitor.published:
         try:
-            monitor.publish_metrics(monitor.aggregate_metrics())
+            monitor.publish_unchecked(monitor.aggregate_metrics())  # asked may_write above: one look
             monitor.mlflow_logger.flush()
         except Exception as error:
             log.warning("system metrics not logged: %s", error)
